@@ -1,0 +1,114 @@
+"""Load a model and its tokenizer from a local folder, an installed package (pkg://), the hub, or a config."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+from qbench.errors import QbenchError
+
+log = logging.getLogger(__name__)
+
+
+def resolve(path: str) -> str:
+    """'pkg://package/sub/dir' -> that folder inside the installed package; anything else unchanged."""
+    if not path.startswith("pkg://"):
+        return path
+    pkg, _, sub = path[len("pkg://") :].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise QbenchError(f"{path}: the Python package {pkg!r} is not installed (pip install {pkg.replace('_', '-')})")
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host does not answer within `timeout` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def from_pretrained(loader, name: str, what: str, **kwargs):
+    """loader.from_pretrained(name) that fails in one line, without hub retries, when the hub cannot be reached."""
+    path = resolve(name)
+    local = Path(path).exists()
+    offline = not local and not hub_reachable()
+    try:
+        return loader.from_pretrained(path, local_files_only=local or offline, **kwargs)
+    except (OSError, ValueError) as e:
+        if local:
+            raise QbenchError(f"cannot load {what} from {path}: {str(e).splitlines()[0]}") from None
+        why = "the hub is unreachable and it is not in the local HF cache" if offline else str(e).splitlines()[0]
+        raise QbenchError(
+            f"cannot load {what} {name!r}: {why}; download it where there is network "
+            f"(hf download {name}) or point at local weights with model.name_or_path=/path/to/{name.split('/')[-1]}"
+        ) from None
+
+
+def check_available(model_cfg: Mapping) -> None:
+    """Fail fast (before heavy imports) when weights are neither local, cached, nor reachable on the hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for key in ("name_or_path", "tokenizer"):
+        name = model_cfg.get(key)
+        if not name or Path(resolve(name)).exists() or (key == "name_or_path" and model_cfg.get("config")):
+            continue
+        if Path(name).is_absolute() or name.startswith("."):
+            raise QbenchError(f"model.{key}={name}: no such folder")
+        if isinstance(try_to_load_from_cache(name, "config.json"), str) or hub_reachable():
+            continue
+        raise QbenchError(
+            f"model={model_cfg['name']}: {name!r} is not in the local HF cache and the hub is unreachable; "
+            f"download it where there is network (hf download {name}) or point at local weights with "
+            f"model.{key}=/path/to/{name.split('/')[-1]}"
+        )
+
+
+def load_tokenizer(model_cfg: Mapping):
+    """The model's tokenizer (model.tokenizer, else model.name_or_path), with a pad token."""
+    from transformers import AutoTokenizer
+
+    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    if not name:
+        raise QbenchError(f"model={model_cfg['name']}: set model.tokenizer or model.name_or_path")
+    tok = from_pretrained(AutoTokenizer, name, "tokenizer")
+    if tok.pad_token is None and tok.eos_token is not None:  # GPT-2 style tokenizers have no pad token
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg: Mapping, auto_cls, seed: int, **kwargs):
+    """`auto_cls` (e.g. AutoModelForSequenceClassification) from pretrained weights, or randomly initialised
+    from model.config when that is given; kwargs go to the config (num_labels, ...)."""
+    import torch
+    from transformers import AutoConfig
+
+    torch.manual_seed(seed)  # random init of tiny models and of new heads
+    if model_cfg.get("config"):
+        cfg = dict(model_cfg["config"])
+        return auto_cls.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg, **kwargs))
+    return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", **kwargs)
+
+
+def weight_sharing(model) -> dict | None:
+    """ALBERT-style cross-layer sharing: how many layers reuse each shared layer group (None if no sharing)."""
+    c = model.config
+    groups = getattr(c, "num_hidden_groups", None)
+    if groups is None or c.num_hidden_layers == groups:
+        return None
+    return {
+        "shared_layer_groups": groups,
+        "layers": c.num_hidden_layers,
+        "uses_per_group": c.num_hidden_layers // groups,
+        "note": "each shared tensor has one quantizer (one codebook/scale set), reused by every layer that shares it",
+    }

@@ -1,0 +1,67 @@
+"""K-means ('weight sharing') quantization as in Deep Compression / Zhao et al. 2020.
+
+One codebook of 2^bits centroids per tensor. The assignment of each weight to a centroid is fixed after
+clustering; during fine-tuning each centroid moves by the sum of its members' gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qbench.errors import QbenchError
+from qbench.quant.kmeans1d import INITS, kmeans_1d
+from qbench.quant.schemes import Scheme
+
+BACKENDS = ("qbench", "sklearn")
+
+
+@dataclass(frozen=True)
+class KMeans(Scheme):
+    name: ClassVar[str] = "kmeans"
+    init: str = "linear"
+    max_iter: int = 100
+    backend: str = "qbench"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in INITS:
+            raise QbenchError(f"scheme.init={self.init!r}; valid: {', '.join(INITS)}")
+        if self.backend not in BACKENDS:
+            raise QbenchError(f"scheme.backend={self.backend!r}; valid: {', '.join(BACKENDS)}")
+
+    def cluster(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centroids (k,), labels like weight) for this tensor."""
+        k = 2**self.bits
+        if self.backend == "sklearn":
+            from qbench.quant.kmeans1d import kmeans_sklearn
+
+            res = kmeans_sklearn(weight, k, self.init, self.max_iter, seed=self.seed)
+        else:
+            res = kmeans_1d(weight, k, self.init, self.max_iter, seed=self.seed)
+        return res.centroids, res.labels.reshape(weight.shape)
+
+    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+        centroids, labels = self.cluster(weight)
+        return Codebook(centroids.to(weight.dtype), labels)
+
+    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
+        return 32 * 2**self.bits  # one fp32 codebook per tensor
+
+
+class Codebook(nn.Module):
+    """Quantized weight = centroids[labels]; the latent weight is ignored (and frozen) once clustered."""
+
+    def __init__(self, centroids: torch.Tensor, labels: torch.Tensor):
+        super().__init__()
+        self.centroids = nn.Parameter(centroids.clone())  # (k,)
+        self.register_buffer("labels", labels.to(torch.int32))  # weight's shape; int32 halves int64's memory
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        # embedding() gathers and, backwards, sums the gradients of all weights sharing a centroid
+        return F.embedding(self.labels, self.centroids[:, None]).reshape(self.labels.shape)

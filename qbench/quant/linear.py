@@ -1,0 +1,58 @@
+"""Uniform ('linear') quantization: symmetric or asymmetric, per tensor / row / group, trained with the STE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from qbench.errors import QbenchError
+from qbench.quant import primitives as P
+from qbench.quant.schemes import Scheme, as_2d
+
+
+@dataclass(frozen=True)
+class Linear(Scheme):
+    """2^bits evenly spaced levels (asymmetric: min..max of each group; symmetric: see primitives.linear_qparams)."""
+
+    name: ClassVar[str] = "linear"
+    symmetric: bool = False
+    granularity: str = "row"
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.granularity not in P.GRANULARITIES:
+            raise QbenchError(f"scheme.granularity={self.granularity!r}; valid: {', '.join(P.GRANULARITIES)}")
+        if self.granularity == "group" and self.group_size < 2:
+            raise QbenchError(f"scheme.group_size must be >= 2, got {self.group_size}")
+
+    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+        if self.granularity == "group" and as_2d(weight, transposed).shape[1] % self.group_size:
+            raise QbenchError(
+                f"scheme.group_size={self.group_size} does not divide a row of length "
+                f"{as_2d(weight, transposed).shape[1]}; choose a divisor or granularity=row"
+            )
+        return LinearFakeQuant(self, transposed)
+
+    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
+        return 2 * 32 * P.n_groups(shape2d, self.granularity, self.group_size)  # fp32 scale + offset per group
+
+
+class LinearFakeQuant(nn.Module):
+    """w -> dequant(quant(w)) in the forward pass; the gradient passes straight through to the latent w (STE)."""
+
+    def __init__(self, scheme: Linear, transposed: bool):
+        super().__init__()
+        self.scheme, self.transposed = scheme, transposed
+
+    def quantized(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.scheme
+        w2d = as_2d(w.detach(), self.transposed)
+        q2d = P.linear_fake_quant(w2d, s.bits, s.symmetric, s.granularity, s.group_size)
+        return (q2d.t() if self.transposed else q2d).reshape(w.shape)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (self.quantized(w) - w).detach()

@@ -1,0 +1,73 @@
+"""Pure tensor math of quantization. No modules, no models: tensors in, tensors out.
+
+Convention: a weight is seen as a 2-D matrix (rows = output units, cols = inputs); per-row statistics are per
+output unit. Granularity 'group' splits each row into groups of `group_size` consecutive inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+GRANULARITIES = ("tensor", "row", "group")
+
+
+def grouped(w2d: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
+    """View w2d (rows, cols) as (groups, elements per group) for the given granularity."""
+    if granularity == "tensor":
+        return w2d.reshape(1, -1)
+    if granularity == "row":
+        return w2d.reshape(w2d.shape[0], -1)
+    if granularity == "group":
+        if w2d.shape[1] % group_size:
+            raise ValueError(f"group_size={group_size} does not divide the row length {w2d.shape[1]}")
+        return w2d.reshape(-1, group_size)
+    raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+
+
+def linear_qparams(g: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and offset (each (groups, 1)) so that w ≈ offset + scale * q with integer codes q in [0, 2^bits).
+
+    asymmetric: 2^bits levels evenly spaced from each group's min to its max (offset = min).
+    symmetric, bits >= 2: 2^bits - 1 levels, s * {-(2^(b-1)-1) .. 2^(b-1)-1}, s = max|w| / (2^(b-1)-1); zero exact.
+    symmetric, bits == 1: the two levels ±mean|w| (binarization, which minimises the L2 error of sign(w)*s).
+    """
+    if symmetric and bits == 1:
+        s = g.abs().mean(1, keepdim=True)
+        return 2 * s, -s  # codes {0, 1} -> {-s, +s}
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        s = g.abs().amax(1, keepdim=True) / qmax
+        return s, -qmax * s
+    lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+    return (hi - lo) / (2**bits - 1), lo
+
+
+def linear_codes(g: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes (same shape as g, int64) in [0, 2^bits - 1]; a zero scale (constant group) maps to code 0."""
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.clamp(torch.round((g - offset) / safe), 0, 2**bits - 1).long()
+
+
+def linear_fake_quant(
+    w2d: torch.Tensor, bits: int, symmetric: bool = False, granularity: str = "row", group_size: int = 128
+) -> torch.Tensor:
+    """Quantize-dequantize w2d (rows, cols) uniformly; returns a tensor of the same shape and dtype."""
+    g = grouped(w2d, granularity, group_size)
+    scale, offset = linear_qparams(g, bits, symmetric)
+    q = linear_codes(g, scale, offset, bits)
+    return (offset + scale * q).to(w2d.dtype).reshape(w2d.shape)
+
+
+def n_groups(shape2d: tuple[int, int], granularity: str, group_size: int) -> int:
+    """Number of (scale, offset) pairs a linear quantizer stores for a (rows, cols) weight."""
+    rows, cols = shape2d
+    return {"tensor": 1, "row": rows, "group": rows * cols // max(group_size, 1)}[granularity]
+
+
+def sqnr_db(w: torch.Tensor, wq: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio 10·log10(|w|² / |w - wq|²) in dB (inf when exact)."""
+    noise = (w.double() - wq.double()).pow(2).sum().item()
+    signal = w.double().pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)

@@ -1,0 +1,127 @@
+"""Attach a scheme to a model: `quantize_model(model, scheme, include, exclude)`.
+
+Each selected weight gets a torch parametrization, so `module.weight` is the quantized tensor in every forward
+pass while the optimizer trains what the scheme exposes (latent weights for STE schemes, centroids for k-means).
+A tensor shared by several modules (ALBERT's shared layers, tied embeddings) is quantized once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers.pytorch_utils import Conv1D
+
+from qbench.errors import QbenchError
+from qbench.quant.primitives import sqnr_db
+from qbench.quant.schemes import Scheme, as_2d
+
+QUANTIZABLE = (nn.Linear, nn.Embedding, Conv1D)
+
+
+@dataclass
+class TensorReport:
+    name: str  # parameter name, e.g. bert.encoder.layer.0.attention.self.query.weight
+    shape: list[int]
+    numel: int
+    sqnr_db: float
+    overhead_bits: int
+    shared_with: list[str] = field(default_factory=list)  # other names of the same tensor
+
+
+@dataclass
+class QuantReport:
+    scheme: dict
+    include: list[str]
+    exclude: list[str]
+    tensors: list[TensorReport]
+    total_params: int  # unique parameters of the model
+    seconds: float
+
+    @property
+    def quantized_params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    def summary(self) -> dict:
+        """Scheme details for the record: counts, share, effective bits and per-tensor SQNR."""
+        q = self.quantized_params
+        bits = self.scheme["bits"]
+        over = sum(t.overhead_bits for t in self.tensors)
+        return {
+            **self.scheme,
+            "include": self.include,
+            "exclude": self.exclude,
+            "quantized_tensors": len(self.tensors),
+            "quantized_params": q,
+            "total_params": self.total_params,
+            "quantized_share": q / self.total_params if self.total_params else 0.0,
+            # codes plus codebooks / scales, per quantized weight
+            "effective_bits": (bits * q + over) / q if q else None,
+            "shared_tensors": {t.name: t.shared_with for t in self.tensors if t.shared_with},
+            "layers": [asdict(t) for t in self.tensors],
+            "quantize_seconds": self.seconds,
+        }
+
+
+def select(model: nn.Module, include: list[str], exclude: list[str]) -> dict[str, tuple[nn.Module, list[str]]]:
+    """Weights to quantize: {first parameter name: (module, other names of that same tensor)}.
+
+    A weight of a Linear/Embedding/Conv1D module is selected when its name matches an `include` pattern and no
+    `exclude` pattern (fnmatch). Biases and LayerNorm are never selected (not those module types' `weight`).
+    """
+    chosen: dict[int, tuple[str, nn.Module, list[str]]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, QUANTIZABLE) or parametrize.is_parametrized(module, "weight"):
+            continue
+        name = f"{mod_name}.weight" if mod_name else "weight"
+        if not any(fnmatch.fnmatchcase(name, p) for p in include) or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        key = id(module.weight)
+        if key in chosen:
+            if chosen[key][1] is not module:  # same tensor, another module (tied weights)
+                chosen[key][2].append(name)
+            elif name not in chosen[key][2] and name != chosen[key][0]:  # same module reached twice (ALBERT)
+                chosen[key][2].append(name)
+            continue
+        chosen[key] = (name, module, [])
+    return {name: (module, others) for name, module, others in chosen.values()}
+
+
+def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude: list[str]) -> QuantReport:
+    """Quantize the selected weights of `model` in place with `scheme`; returns what was done."""
+    t0 = time.perf_counter()
+    targets = select(model, list(include), list(exclude))
+    if not targets:
+        raise QbenchError(f"no weight matches include={list(include)} exclude={list(exclude)}")
+    reports = []
+    for name, (module, others) in targets.items():
+        w = module.weight
+        transposed = isinstance(module, Conv1D)
+        p = scheme.parametrization(w.detach(), transposed)
+        with torch.no_grad():
+            wq = p(w.detach())
+        parametrize.register_parametrization(module, "weight", p, unsafe=True)
+        for other in others:  # a tied tensor in another module: same parametrization, same codes
+            mod = model.get_submodule(other.rsplit(".", 1)[0])
+            if mod is not module and not parametrize.is_parametrized(mod, "weight"):
+                parametrize.register_parametrization(mod, "weight", p, unsafe=True)
+        if hasattr(p, "centroids"):  # the latent tensor is no longer used: do not train it
+            module.parametrizations.weight.original.requires_grad_(False)
+        shape2d = tuple(as_2d(w, transposed).shape)
+        reports.append(
+            TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), scheme.overhead_bits(shape2d), others)
+        )
+    total = sum(p.numel() for p in {id(p): p for p in _all_tensors(model)}.values())
+    return QuantReport(scheme.describe(), list(include), list(exclude), reports, total, time.perf_counter() - t0)
+
+
+def _all_tensors(model: nn.Module):
+    """Every distinct stored tensor of the model (latent weights count once, quantizer parameters not)."""
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if ".parametrizations." in name and not name.endswith(".original"):
+            continue
+        yield p

@@ -1,0 +1,74 @@
+"""Tasks are data: a `conf/task/*.yaml` becomes a validated `TaskSpec`; metrics are scikit-learn/scipy."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qbench.errors import QbenchError
+
+# name -> (module, function): the official GLUE metrics, imported when first computed
+METRICS = {
+    "accuracy": ("sklearn.metrics", "accuracy_score"),
+    "f1": ("sklearn.metrics", "f1_score"),  # positive class 1
+    "matthews": ("sklearn.metrics", "matthews_corrcoef"),
+    "pearson": ("scipy.stats", "pearsonr"),
+    "spearman": ("scipy.stats", "spearmanr"),
+}
+
+
+def metric(name: str, labels: np.ndarray, predictions: np.ndarray) -> float:
+    """One metric of predictions (class ids, or scores for regression) against labels."""
+    module, fn = METRICS[name]
+    value = getattr(importlib.import_module(module), fn)(labels, predictions)
+    return float(getattr(value, "statistic", value))  # scipy returns (statistic, p-value) objects
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: where its data lives, which splits train and evaluate, and how it is scored."""
+
+    name: str
+    metrics: tuple[str, ...]
+    main_metric: str
+    eval_splits: tuple[str, ...]
+    kind: str = "classification"  # see qbench.kinds
+    train_split: str = "train"
+    hub: Mapping = field(default_factory=dict)  # {path, name} for datasets.load_dataset
+    mirror: str | None = None  # folder under the local mirror (data_dir) holding <split>.parquet
+    data_dir: str | None = None  # a user's folder holding <split>.parquet / .jsonl / .csv; wins over the mirror
+    text_fields: tuple[str, ...] = ()
+    num_labels: int = 2  # 1 = regression
+    label_field: str = "label"
+    id_field: str = "idx"
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad:
+            raise QbenchError(f"task {self.name}: unknown metric(s) {bad}; valid: {', '.join(METRICS)}")
+        if self.main_metric not in self.metrics:
+            raise QbenchError(f"task {self.name}: main_metric {self.main_metric!r} is not in metrics {self.metrics}")
+        if self.kind == "classification" and not 1 <= len(self.text_fields) <= 2:
+            raise QbenchError(f"task {self.name}: text_fields must name one or two columns")
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> TaskSpec:
+        d = dict(cfg)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise QbenchError(f"task {d.get('name')}: unknown key(s) {sorted(unknown)}")
+        for k in ("text_fields", "metrics", "eval_splits"):
+            d[k] = tuple(d[k])
+        d["hub"] = dict(d.get("hub") or {})
+        return cls(**d)
+
+    def compute_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+        """The task's official metrics of predictions (class ids, or scores for regression) against labels."""
+        return {m: metric(m, labels, predictions) for m in self.metrics}

@@ -1,0 +1,59 @@
+"""Fine-tuning and prediction with HF Trainer (seeds, devices, progress bars and logging come with it)."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+
+
+def training_args(train: Mapping, seed: int, device: str) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="qbench-trainer-"),  # nothing is saved there (save_strategy=no)
+        learning_rate=train["lr"],
+        per_device_train_batch_size=train["batch_size"],
+        per_device_eval_batch_size=train["eval_batch_size"],
+        num_train_epochs=train["epochs"],
+        max_steps=train["max_steps"],
+        warmup_steps=train["warmup"],  # int: steps; float in [0, 1): share of all steps
+        weight_decay=train["weight_decay"],
+        seed=seed,
+        data_seed=seed,
+        logging_steps=train["logging_steps"],
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=not train["progress_bar"],
+        use_cpu=device == "cpu" or not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+
+def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str) -> dict:
+    """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve}."""
+    args = training_args(train, seed, device)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator)
+    out = trainer.train()
+    curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    loss = out.training_loss
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss}")
+    return {
+        "loss": loss,
+        "steps": out.global_step,
+        "seconds": out.metrics.get("train_runtime"),
+        "device": str(args.device),
+        "loss_curve": curve,
+    }
+
+
+def predict(model, ds, collator, train: Mapping, seed: int, device: str) -> np.ndarray:
+    """Model outputs (n, num_labels) on ds, in ds order."""
+    args = training_args(train, seed, device)
+    trainer = Trainer(model=model, args=args, data_collator=collator)
+    logits = trainer.predict(ds).predictions
+    return logits[0] if isinstance(logits, tuple) else logits
