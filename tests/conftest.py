@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["QBENCH_CACHE"] = tempfile.mkdtemp(prefix="qbench-test-cache-")  # never the user's cache
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("QBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -25,11 +27,18 @@ def data_dir() -> Path:
     return DATA
 
 
+def qbench_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qbench.cli", *args]
+
+
+def qbench_env(data_dir: Path | None = None) -> dict:
+    return {**os.environ, "QBENCH_DATA_DIR": str(data_dir or DATA), "PYTHONUNBUFFERED": "1"}
+
+
 def qbench(*args: str, data_dir: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the real `qbench` CLI in a subprocess (fresh Hydra state), offline."""
-    env = {**os.environ, "QBENCH_DATA_DIR": str(data_dir or DATA), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "qbench.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    return subprocess.run(qbench_cmd(*args), capture_output=True, text=True, env=qbench_env(data_dir),
+                          timeout=timeout, cwd=REPO)  # fmt: skip
 
 
 def read_record(run_dir: Path) -> dict:

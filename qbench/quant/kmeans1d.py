@@ -29,7 +29,7 @@ class KMeansResult:
     centroids: torch.Tensor  # (k,) float32, ascending
     labels: torch.Tensor  # (n,) int64, index into centroids, same order as the input
     sse: float  # weighted sum of squared errors
-    iters: int  # Lloyd iterations run
+    iters: int  # Lloyd iterations run (both passes of kmeans_1d together)
 
 
 def init_centroids(xs: torch.Tensor, k: int, init: str, seed: int = 0) -> torch.Tensor:
@@ -139,7 +139,7 @@ def _improve(
     gain = torch.where(ok, cl * cr / (cl + cr).clamp_min(1e-300) * (ml - mr) ** 2, torch.zeros_like(cl))
     # merge cost of consecutive non-empty clusters
     idx = nonempty.nonzero().squeeze(1)
-    ci, ti, mi = cnt[idx], tot[idx], mean[idx]
+    ci, mi = cnt[idx], mean[idx]
     cost = ci[:-1] * ci[1:] / (ci[:-1] + ci[1:]) * (mi[:-1] - mi[1:]) ** 2
 
     eps = 1e-13 * max(runs.sum_sq, 1e-300)  # below this, a move's gain is rounding noise
@@ -193,6 +193,39 @@ def _improve(
     return torch.cat([c[keep], torch.tensor(add, dtype=torch.float64)]).sort().values
 
 
+def _refine_pairs(runs: _Runs, b: torch.Tensor, window: int) -> torch.Tensor | None:
+    """Exact best boundary between each two neighbouring non-empty clusters (others fixed), searched within
+    +-window points of the current boundary; new boundaries (k+1,) or None if nothing improves.
+
+    Lloyd fixed points are not unique: a few points away there can be a fixed point with a lower SSE.
+    Boundaries of even and odd index are updated in turn, so that updated pairs never share a cluster."""
+    k, n, xs = b.numel() - 1, runs.n, runs.xs
+    if k < 2:
+        return None
+    eps = 1e-12 * max(runs.sum_sq, 1e-300)
+    off = torch.arange(-window, window + 1)
+    b = b.clone()
+    changed = False
+    for first in (1, 2):
+        j = torch.arange(first, k, 2)
+        if j.numel() == 0:
+            continue
+        a, q, e = b[j - 1, None], b[j, None], b[j + 1, None]
+        p = q + off
+        pc = p.clamp(1, max(n - 1, 1))
+        cl, cr = runs.cnt(a, pc), runs.cnt(pc, e)
+        ok = (p > a) & (p < e) & (cl > 0) & (cr > 0) & (xs[pc - 1] < xs[pc])  # never split equal values
+        f = runs.tot(a, pc) ** 2 / cl.clamp_min(1e-300) + runs.tot(pc, e) ** 2 / cr.clamp_min(1e-300)
+        f = torch.where(ok, f, torch.full_like(f, -math.inf))
+        best, arg = f.max(1)
+        cur = f[:, window]
+        upd = ok[:, window] & (best - cur > eps)
+        if upd.any():
+            b[j[upd]] = p[upd, arg[upd]]
+            changed = True
+    return b if changed else None
+
+
 def kmeans_1d(
     x: torch.Tensor,
     k: int,
@@ -202,6 +235,7 @@ def kmeans_1d(
     seed: int = 0,
     improve: bool = True,
     accelerate: bool = True,
+    window: int | None = None,
 ) -> KMeansResult:
     """K-means of the values of x (any shape, flattened) with k clusters: Lloyd's iterations plus, unless
     improve=False, empty-cluster relocation and split-merge moves (module docstring).
@@ -227,20 +261,61 @@ def kmeans_1d(
     c = init.double().cpu().sort().values if isinstance(init, torch.Tensor) else init_centroids(xs, k, init, seed)
     if c.numel() != k:
         raise ValueError(f"kmeans_1d: init has {c.numel()} centroids, expected k={k}")
+    if window is None:  # pair refinement searches ~64k candidate boundaries per sweep
+        window = max(64, (1 << 16) // k)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loop runs many tiny ops; OpenMP wake-ups made it ~10x slower on 2 cores
+    try:
+        c0 = c
+        c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
+        if improve and k <= 16:
+            # for small k, moves can lead into a slightly worse basin than the one plain Lloyd reaches from the
+            # same start: also run Lloyd with refinement but without moves and keep the lower SSE (at larger k
+            # the moves win by far and the second pass would only double the loop's cost)
+            c2, b2, it2 = _iterate(runs, c0, max_iter, False, accelerate, window, refine=True)
+            if runs.sse(c2, b2) < runs.sse(c, b):
+                c, b = c2, b2
+            it += it2
+    finally:
+        torch.set_num_threads(threads)
+    sse = max(runs.sse(c, b), 0.0)
+    if order is None:  # no permutation: label each value by binary search over the k-1 midpoints
+        mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+        labels = torch.bucketize(flat.to(xs.dtype), mids, right=True)
+    else:
+        labels_sorted = torch.repeat_interleave(torch.arange(k), b[1:] - b[:-1])
+        labels = torch.empty_like(labels_sorted)
+        labels[order] = labels_sorted
+    return KMeansResult(c.float(), labels, sse, it)
+
+
+def _iterate(
+    runs: _Runs, c: torch.Tensor, max_iter: int, improve: bool, accelerate: bool, window: int, refine: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The Lloyd loop of kmeans_1d: (centroids, run boundaries, iterations)."""
     b = runs.bounds(c)
     omega = 2.0  # over-relaxation factor, adapted: doubled while it pays, halved when it does not
     it = 0
     for it in range(1, max_iter + 1):
         cnt, tot = runs.cnt(b[:-1], b[1:]), runs.tot(b[:-1], b[1:])
         mean = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c)  # Lloyd's update step
-        c_imp = _improve(runs, mean, b, cnt, tot) if improve else None
-        if c_imp is not None:
-            c, b = c_imp, runs.bounds(c_imp)
-            continue
         b_mean = runs.bounds(mean)
-        if torch.equal(b_mean, b):  # converged: a Lloyd fixed point
+        converged = torch.equal(b_mean, b)
+        # moves every 8th iteration, at empty clusters and at convergence (they cost more than a Lloyd step)
+        if improve and (converged or it % 8 == 1 or bool((cnt == 0).any())):
+            c_imp = _improve(runs, mean, b, cnt, tot)
+            if c_imp is not None:
+                c, b = c_imp, runs.bounds(c_imp)
+                continue
+        if converged:  # a Lloyd fixed point
             c = mean
-            break
+            b_ref = _refine_pairs(runs, b, window) if (improve or refine) and window > 0 else None
+            if b_ref is None:
+                break
+            # a better split of two neighbouring clusters within +-window points of their boundary
+            cnt, tot = runs.cnt(b_ref[:-1], b_ref[1:]), runs.tot(b_ref[:-1], b_ref[1:])
+            c, b = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c), b_ref
+            continue
         if accelerate and it < max_iter:
             # 1-D Lloyd creeps (boundaries move a few points per step): try an over-relaxed step c + w (mean - c)
             # and keep it only if its SSE (nearest-centroid assignment) beats the plain step's
@@ -256,15 +331,7 @@ def kmeans_1d(
         cnt, tot = runs.cnt(b[:-1], b[1:]), runs.tot(b[:-1], b[1:])
         c = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c)
         b = runs.bounds(c)
-    sse = max(runs.sse(c, b), 0.0)
-    if order is None:  # no permutation: label each value by binary search over the k-1 midpoints
-        mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
-        labels = torch.bucketize(flat.to(xs.dtype), mids, right=True)
-    else:
-        labels_sorted = torch.repeat_interleave(torch.arange(k), b[1:] - b[:-1])
-        labels = torch.empty_like(labels_sorted)
-        labels[order] = labels_sorted
-    return KMeansResult(c.float(), labels, sse, it)
+    return c, b, it
 
 
 def kmeans_1d_dp(x: torch.Tensor, k: int, weights: torch.Tensor | None = None) -> KMeansResult:

@@ -32,6 +32,7 @@ def linear_qparams(g: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.T
     asymmetric: 2^bits levels evenly spaced from each group's min to its max (offset = min).
     symmetric, bits >= 2: 2^bits - 1 levels, s * {-(2^(b-1)-1) .. 2^(b-1)-1}, s = max|w| / (2^(b-1)-1); zero exact.
     symmetric, bits == 1: the two levels ±mean|w| (binarization, which minimises the L2 error of sign(w)*s).
+    Max-scaled symmetric levels waste range on outliers: per tensor, 2-bit (ternary) can be worse than 1-bit.
     """
     if symmetric and bits == 1:
         s = g.abs().mean(1, keepdim=True)

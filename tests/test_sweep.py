@@ -1,0 +1,74 @@
+"""Studies: stable cell ids, resume after a kill, cached full-precision models."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from hydra import compose, initialize_config_module
+
+from qbench.sweep import cell_id
+from tests.conftest import REPO, qbench, qbench_cmd, qbench_env, read_record
+
+DEBUG = ["train=debug", "train.max_eval_examples=32", "model=tiny_bert", "task=wnli"]
+
+
+def ids(*override_sets):
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        return [cell_id(compose("config", overrides=list(o))) for o in override_sets]
+
+
+def test_cell_id_is_stable_and_tracks_what_changes_results():
+    a, a2, b, c, d = ids([], [], ["bits=3"], ["train.lr=1e-4"], ["device=cpu", "force=true", "save_predictions=false"])
+    assert a == a2 and a.startswith("minilm-sst2-kmeans-b2-s42-")
+    assert len({a, b, c}) == 3  # bits and training settings change the cell
+    assert a == d  # where and how results are written does not
+    none2, none8 = ids(["scheme=none", "bits=2"], ["scheme=none", "bits=8"])
+    assert none2 == none8 and "-none-s42-" in none2  # a full-precision cell ignores bits
+
+
+def test_killed_sweep_reruns_only_missing_cells(tmp_path):
+    args = ["run", "-m", *DEBUG, "scheme=linear", "bits=1,2,3,4", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.Popen(qbench_cmd(*args), env=qbench_env(), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while len(list(tmp_path.glob("*/record.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-sweep: two cells done, the third under way
+    proc.wait()
+    before = {f.parent.name: f.read_text() for f in tmp_path.glob("*/record.json")}
+    assert 2 <= len(before) < 4
+    p = qbench(*args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("skip (completed)") == len(before)
+    after = {f.parent.name: f.read_text() for f in tmp_path.glob("*/record.json")}
+    assert len(after) == 4 and all(after[k] == v for k, v in before.items())  # done cells untouched
+    records = [json.loads(v) for v in after.values()]
+    assert sorted(r["scheme"]["bits"] for r in records) == [1, 2, 3, 4]
+    assert all(r["status"] == "completed" for r in records)
+    assert not [f for f in tmp_path.rglob("*.tmp")]  # no half-written record left behind
+
+
+def test_force_reruns_a_completed_cell(tmp_path):
+    args = ["run", *DEBUG, "scheme=linear", "bits=2", f"hydra.run.dir={tmp_path}"]
+    assert qbench(*args).returncode == 0
+    first = read_record(tmp_path)["finished"]
+    assert "skip (completed)" in qbench(*args).stdout
+    time.sleep(1)
+    assert qbench(*args, "force=true").returncode == 0
+    assert read_record(tmp_path)["finished"] != first
+
+
+def test_full_precision_model_is_fine_tuned_once_and_reused(tmp_path):
+    fp = qbench("run", *DEBUG, "scheme=none", f"hydra.run.dir={tmp_path / 'fp'}")
+    assert fp.returncode == 0, fp.stderr[-2000:]
+    assert read_record(tmp_path / "fp")["training"]["full_precision"]["cached"] is None
+    for bits in (2, 4):  # ptq reuses the baseline's fine-tuned model instead of training again
+        p = qbench("run", *DEBUG, "scheme=kmeans", f"bits={bits}", "train.order=ptq",
+                   f"hydra.run.dir={tmp_path / str(bits)}")  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+        r = read_record(tmp_path / str(bits))
+        assert r["training"]["full_precision"]["cached"]
+        assert r["training"]["full_precision"]["steps"] == read_record(tmp_path / "fp")["training"]["full_precision"]["steps"]
+        assert r["timings"]["train_fp"] < 15
