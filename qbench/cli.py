@@ -17,10 +17,22 @@ from omegaconf import OmegaConf
 from qbench.errors import QbenchError
 
 log = logging.getLogger("qbench")
-GROUPS = ("model", "task", "scheme", "train")
+GROUPS = ("model", "task", "scheme", "train", "distill", "experiment")
 COMMANDS = {"run": "quantize, fine-tune and evaluate one configuration (or a sweep with -m)"}
+COMMANDS["export"] = "write the packed low-bit checkpoint of a run (qbench export RUN_DIR)"
+COMMANDS["size"] = "bytes on disk and compression ratios of a model/scheme/bits, offline (qbench size model=gpt2)"
+COMMANDS["table"] = "paper-shaped tables (Markdown, LaTeX, CSV) from records (qbench table results/sweeps/STUDY)"
+COMMANDS["plot"] = "metric vs bits and vs effective bits, PNG and SVG, from records"
 
-OmegaConf.register_new_resolver("bits_tag", lambda scheme, bits: "" if scheme == "none" else f"-b{bits}", replace=True)
+
+
+def _cell_id(*, _root_) -> str:
+    from qbench.sweep import cell_id
+
+    return cell_id(_root_)
+
+
+OmegaConf.register_new_resolver("cell_id", _cell_id, replace=True)  # run folders named by configuration
 
 
 def conf_dir() -> Path:
@@ -41,16 +53,16 @@ def top_help() -> str:
     lines = ["usage: qbench <command> [key=value ...] [-m]", "", "commands:"]
     lines += [f"  {c:8s} {d}" for c, d in COMMANDS.items()]
     lines += ["", "config groups (group=option):"]
-    lines += [f"  {g:8s} {', '.join(options(g))}" for g in GROUPS]
+    lines += [f"  {g:10s} {', '.join(options(g))}" for g in GROUPS]
     lines += ["", "'qbench run --help' shows every key and its default. Examples:",
               "  qbench run model=bert scheme=kmeans bits=2",
               "  qbench run -m scheme=linear,kmeans bits=1,2,3,4,8 task=rte"]  # fmt: skip
     return "\n".join(lines)
 
 
-def check_overrides(args: list[str]) -> tuple[list[str], bool]:
-    """Validate group choices (one line listing the valid names) and compose the first cell of the sweep;
-    returns the overrides of that first cell and whether bits was set on the command line."""
+def check_overrides(args: list[str], full: bool = True) -> list[str]:
+    """Validate group choices (one line listing the valid names), reject bits with only scheme=none, compose
+    the first cell of the sweep and validate it; returns the overrides of that first cell."""
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -61,7 +73,7 @@ def check_overrides(args: list[str]) -> tuple[list[str], bool]:
         parsed = OverridesParser.create().parse_overrides(kv)
     except HydraException as e:
         fail(f"cannot parse overrides: {str(e).splitlines()[0]}")
-    first, bits_given = [], False
+    first, bits_given, schemes = [], False, ["kmeans"]
     for o in parsed:
         key = o.get_key_element().lstrip("+~")
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
@@ -70,6 +82,7 @@ def check_overrides(args: list[str]) -> tuple[list[str], bool]:
                 if v not in options(key):
                     fail(f"unknown {key} {v!r}; valid: {', '.join(options(key))}")
         bits_given |= key == "bits"
+        schemes = values if key == "scheme" else schemes
         if not key.startswith("hydra"):
             first.append(f"{o.get_key_element()}={values[0]}")
     try:
@@ -77,43 +90,52 @@ def check_overrides(args: list[str]) -> tuple[list[str], bool]:
             cfg = compose("config", overrides=first)
     except (HydraException, OmegaConfBaseException) as e:
         fail(str(e).strip().splitlines()[0])
+    if not full:  # `qbench size`: composing is enough (no data, no weights needed)
+        return first
     from qbench.pipeline import validate
 
     try:
-        validate(cfg, bits_given)
+        if bits_given and set(schemes) == {"none"}:
+            raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep repeats it)")
+        validate(cfg)
     except QbenchError as e:
         fail(str(e))
-    return first, bits_given
+    return first
 
 
 def run_command(args: list[str]) -> None:
     """`qbench run`: hand the overrides to Hydra (single run or -m multirun) after a fast validation."""
     import hydra
 
-    bits_given = False
     if not any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in args):
-        _, bits_given = check_overrides(args)
+        check_overrides(args)
 
     @hydra.main(config_path="pkg://qbench.conf", config_name="config", version_base="1.3")
     def _job(cfg) -> float | None:
-        return job(cfg, bits_given)
+        return job(cfg)
 
     sys.argv = ["qbench run", *args]
     _job()
 
 
-def job(cfg, bits_given: bool) -> float | None:
-    """One Hydra job: run the pipeline; a user error exits 2, a crash leaves a 'failed' record."""
+def job(cfg) -> float | None:
+    """One Hydra job: skip a completed cell, else run the pipeline; a user error exits 2, a crash leaves a
+    'failed' record (and a multirun goes on)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from qbench.pipeline import failed_record, run
+    from qbench.sweep import completed
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    if not cfg.force and (done := completed(run_dir)):
+        log.info("skip %s: this configuration already has a completed record (force=true reruns it)", run_dir.name)
+        print(f"skip (completed): {run_dir / 'record.json'}")
+        return done["main_metric"]["value"]
     started = datetime.now(timezone.utc)
     try:
-        record = run(cfg, run_dir, bits_given)
+        record = run(cfg, run_dir)
     except QbenchError as e:
         fail(str(e))
     except Exception as e:  # a crash: record it; a multirun goes on with the next cell
@@ -128,16 +150,56 @@ def job(cfg, bits_given: bool) -> float | None:
     return m["value"]
 
 
+def export_command(args: list[str]) -> None:
+    """`qbench export RUN_DIR`: see qbench.export.EXPORT_HELP."""
+    from qbench.export import EXPORT_HELP, export_run
+
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(EXPORT_HELP)
+        return None if args and args[0] in ("-h", "--help") else fail("qbench export takes one RUN_DIR")
+    try:
+        print(export_run(args[0]))
+    except QbenchError as e:
+        fail(str(e))
+
+
+def size_command(args: list[str]) -> None:
+    """`qbench size [overrides]`: the full-shape model of model.arch, quantized, packed to a temporary file."""
+    from hydra import compose, initialize_config_module
+
+    from qbench.export import size_of_config
+
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: qbench size [model=... scheme=... bits=... key=value ...]\n\nBuilds the model at full size "
+              "from its yaml's arch: (random weights, offline), quantizes it, packs it to a temporary file and prints "
+              "bytes and ratios; the last line is ratio_fp32=<x> ratio_paper=<y> (paper B: Tao et al. 2022).")
+        return
+    first = check_overrides(args, full=False)
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=first)
+    try:
+        print(size_of_config(cfg)[1])
+    except QbenchError as e:
+        fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(top_help())
         return
     cmd, rest = argv[0], argv[1:]
-    if cmd == "run":
-        run_command(rest)
-    else:
+    handlers = {"run": run_command, "export": export_command, "size": size_command}
+    if cmd in ("table", "plot"):  # imported on use: pandas/matplotlib stay out of `qbench run`'s start-up
+        from qbench import report
+
+        handlers[cmd] = getattr(report, f"{cmd}_command")
+    if cmd not in handlers:
         fail(f"unknown command {cmd!r}; valid: {', '.join(COMMANDS)}")
+    try:
+        handlers[cmd](rest)
+    except QbenchError as e:
+        fail(str(e))
 
 
 if __name__ == "__main__":

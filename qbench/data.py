@@ -14,16 +14,19 @@ READERS = {  # suffix -> pandas reader (name, kwargs)
     ".parquet": ("read_parquet", {}),
     ".jsonl": ("read_json", {"lines": True}),
     ".csv": ("read_csv", {}),
+    ".txt": (None, {}),  # plain text: one row per line, in column text_fields[0] (LM corpora, ParlAI dialogues)
 }
 
 
 def split_file(task: TaskSpec, split: str, data_dir: str | None) -> Path | None:
     """The local file for a split (task.data_dir first, then <data_dir>/<task.mirror>/), None to use the hub.
     Raises when a local source is configured but lacks the split, naming the path(s) looked for."""
+    name = task.files.get(split)  # an explicit file name (e.g. PTB's valid.txt), else <split>.<ext>
     if task.data_dir:
-        candidates = [Path(task.data_dir) / f"{split}{ext}" for ext in READERS]
+        candidates = [Path(task.data_dir) / (name or f"{split}{ext}") for ext in READERS]
+        candidates = list(dict.fromkeys(candidates))
     elif data_dir and task.mirror:
-        candidates = [Path(data_dir) / task.mirror / f"{split}.parquet"]
+        candidates = [Path(data_dir) / task.mirror / (name or f"{split}.parquet")]
     else:
         return None
     for c in candidates:
@@ -40,16 +43,22 @@ def load_split(task: TaskSpec, split: str, data_dir: str | None):
     path = split_file(task, split, data_dir)
     if path is not None:
         reader, kwargs = READERS[path.suffix]
-        df = getattr(pd, reader)(path, **kwargs)
+        if reader is None:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            df = pd.DataFrame({task.text_fields[0] if task.text_fields else "text": lines})
+        else:
+            df = getattr(pd, reader)(path, **kwargs)
         log.info("task %s: %s from %s (%d rows)", task.name, split, path, len(df))
     else:
+        if not task.hub:
+            raise QbenchError(f"task {task.name}: no hub source; put the {split!r} split in task.data_dir=<folder>")
         if not hub_reachable():
             raise QbenchError(
                 f"task {task.name}: no local data and the hub is unreachable; set QBENCH_DATA_DIR=<dir> "
                 f"(<dir>/{task.mirror}/{split}.parquet) or task.data_dir=<folder>"
             )
         return datasets.load_dataset(task.hub["path"], task.hub.get("name"), split=split)
-    missing = [c for c in (*task.text_fields, task.label_field) if c not in df.columns]
+    missing = [c for c in (*task.text_fields, task.label_field) if c and c not in df.columns]
     if missing:
         raise QbenchError(f"task {task.name}: {path} lacks column(s) {missing}; it has {list(df.columns)}")
     if task.id_field not in df.columns:

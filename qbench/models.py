@@ -38,9 +38,51 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def gguf_cache_dir() -> Path:
+    """Where converted GGUF checkpoints live: $QBENCH_CACHE/gguf, default ~/.cache/qbench/gguf."""
+    return Path(os.environ.get("QBENCH_CACHE", Path.home() / ".cache" / "qbench")).expanduser() / "gguf"
+
+
+def materialize_gguf(gguf: Path) -> Path:
+    """Convert a GGUF checkpoint once into a cached HF folder (de-quantized to float32 weights + tokenizer) and
+    return that folder. The model's 'full precision' is then the de-quantized GGUF file (e.g. 4-bit Q4_1)."""
+    import shutil
+    import tempfile
+
+    st = gguf.stat()
+    out = gguf_cache_dir() / f"{gguf.stem}-{st.st_size}"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to an HF folder in %s (once)", gguf, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None  # weights are plain float32 tensors now; keep no GGUF loading config
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.config.qbench_source = f"de-quantized from {gguf.name} ({st.st_size} bytes)"
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():  # a concurrent conversion finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def from_pretrained(loader, name: str, what: str, **kwargs):
-    """loader.from_pretrained(name) that fails in one line, without hub retries, when the hub cannot be reached."""
+    """loader.from_pretrained(name) that fails in one line, without hub retries, when the hub cannot be reached.
+    A `.gguf` file is converted once to a cached HF folder (see materialize_gguf) and loaded from there."""
     path = resolve(name)
+    if path.endswith(".gguf") and Path(path).is_file():
+        path = str(materialize_gguf(Path(path)))
     local = Path(path).exists()
     offline = not local and not hub_reachable()
     try:
@@ -76,12 +118,17 @@ def check_available(model_cfg: Mapping) -> None:
 
 def load_tokenizer(model_cfg: Mapping):
     """The model's tokenizer (model.tokenizer, else model.name_or_path), with a pad token."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GPT2TokenizerFast
 
     name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
     if not name:
         raise QbenchError(f"model={model_cfg['name']}: set model.tokenizer or model.name_or_path")
-    tok = from_pretrained(AutoTokenizer, name, "tokenizer")
+    folder = Path(resolve(name))
+    bare_bpe = (folder / "merges.txt").is_file() and not any(
+        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    )
+    # a folder of only GPT-2's vocab.json + merges.txt (<shared>/models/gpt2-tokenizer): AutoTokenizer can't tell
+    tok = from_pretrained(GPT2TokenizerFast if bare_bpe else AutoTokenizer, name, "tokenizer")
     if tok.pad_token is None and tok.eos_token is not None:  # GPT-2 style tokenizers have no pad token
         tok.pad_token = tok.eos_token
     return tok

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 ORDERS = ("qat", "ptq", "ft_then_qat", "zeroshot")
 
 
-def build_scheme(cfg: DictConfig, bits_given: bool = False) -> Scheme | NoQuant:
+def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
     """Instantiate cfg.scheme, turning validation errors and contradictions into QbenchError."""
     try:
         scheme = instantiate(cfg.scheme)
@@ -31,21 +32,26 @@ def build_scheme(cfg: DictConfig, bits_given: bool = False) -> Scheme | NoQuant:
         while cause is not None and not isinstance(cause, QbenchError):
             cause = cause.__cause__
         raise (cause or QbenchError(f"scheme: {str(e).splitlines()[-1]}")) from None
-    if isinstance(scheme, NoQuant) and bits_given:
-        raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep would repeat it)")
     return scheme
 
 
-def validate(cfg: DictConfig, bits_given: bool = False) -> tuple[TaskSpec, Scheme | NoQuant]:
+def validate(cfg: DictConfig) -> tuple[TaskSpec, Scheme | NoQuant]:
     """Check a composed config before any work: task spec, scheme, pipeline order, caps."""
     task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
-    scheme = build_scheme(cfg, bits_given)
+    scheme = build_scheme(cfg)
     if cfg.train.order not in ORDERS:
         raise QbenchError(f"train.order={cfg.train.order!r}; valid: {', '.join(ORDERS)}")
     for k in ("max_train_examples", "max_eval_examples"):
         v = cfg.train.get(k)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise QbenchError(f"train.{k} must be a positive integer or null, got {v!r}")
+    from qbench.distill import DistillSpec
+
+    if DistillSpec.from_config(cfg.get("distill")).active and (
+        isinstance(scheme, NoQuant) or cfg.train.order not in ("qat", "ft_then_qat")
+    ):
+        raise QbenchError(f"distill={cfg.distill.name} teaches quantization-aware training: it needs a quantizing "
+                          "scheme and train.order=qat or ft_then_qat")  # fmt: skip
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise QbenchError(f"device={cfg.device!r}; valid: auto, cpu, cuda")
     check_available(cfg.model)
@@ -54,33 +60,46 @@ def validate(cfg: DictConfig, bits_given: bool = False) -> tuple[TaskSpec, Schem
     return task, scheme
 
 
-def run(cfg: DictConfig, run_dir: Path, bits_given: bool = False) -> dict:
+def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment cell and write run_dir/record.json (+ predictions.jsonl); returns the record."""
     from qbench import kinds
+    from qbench.distill import DistillSpec, teacher_options
     from qbench.models import weight_sharing
     from qbench.quant.wiring import quantize_model
     from qbench.train import finetune
 
     started, timer = datetime.now(timezone.utc), Timer()
-    task, scheme = validate(cfg, bits_given)
+    task, scheme = validate(cfg)
+    distill = DistillSpec.from_config(cfg.get("distill"))
     kind, order, quantize = kinds.get(task.kind), cfg.train.order, not isinstance(scheme, NoQuant)
     with timer("load"):
         model, tok = kind.load_model(cfg.model, task, cfg.seed)
         data = kind.load_data(task, tok, cfg, need_train=order != "zeroshot")
-    fit = lambda: finetune(model, data[task.train_split][1], kind.collator(tok), cfg.train, cfg.seed, cfg.device)
+    fit = lambda **kw: finetune(model, data[task.train_split][1], kind.collator(tok), cfg.train, cfg.seed, cfg.device,
+                                **kw)  # fmt: skip
     training, quant = {}, None
     if order in ("ptq", "ft_then_qat") or (order == "qat" and not quantize):
-        with timer("train_fp"):
-            training["full_precision"] = fit()
+        with timer("train_fp"):  # once per (model, task, seed, training config), then from the cache
+            model, training["full_precision"] = finetuned_fp(cfg, task, kind, model, tok, fit)
     if quantize:
         with timer("quantize"):
             quant = quantize_model(model, scheme, cfg.model.include, cfg.model.exclude).summary()
         quant["weight_sharing"] = weight_sharing(model)
     if quantize and order in ("qat", "ft_then_qat"):
+        options = {"callbacks": scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments
+        if distill.active:  # the cached full-precision fine-tuned model teaches (qbench.distill)
+            with timer("teacher"):
+                options, training["teacher"] = teacher_options(cfg, task, kind, tok, data, options)
         with timer("train_qat"):
-            training["qat"] = fit()
+            training["qat"] = fit(**options)
+    if quantize:  # packed size (and with export=true the packed checkpoint RUN_DIR/model.packed.safetensors)
+        from qbench.export import run_size
+
+        with timer("export" if cfg.get("export") else "size"):
+            size = run_size(model, scheme, cfg, task, run_dir)
     with timer("eval"):
         metrics, rows = kind.evaluate(model, tok, task, data, cfg)
+    protocol = getattr(kind, "protocol", None)  # optional: how the kind computed its metrics (context, beams...)
     if cfg.save_predictions:
         write_jsonl(run_dir / "predictions.jsonl", rows)
     main = {"name": task.main_metric, "split": task.eval_splits[0]}
@@ -91,15 +110,44 @@ def run(cfg: DictConfig, run_dir: Path, bits_given: bool = False) -> dict:
         "task": task.name,
         "scheme": quant or scheme.describe(),
         "order": order,
+        **({"distill": asdict(distill)} if distill.active else {}),
         "seed": cfg.seed,
         "metrics": metrics,
         "main_metric": {**main, "value": metrics[main["split"]][main["name"]]},
         "training": training,
+        **({"size": size} if quantize else {}),
+        **({"evaluation": protocol(model, tok, task, data, cfg, rows)} if protocol else {}),
         "timings": {**timer.seconds, "total": (datetime.now(timezone.utc) - started).total_seconds()},
         **provenance(cfg, started),
     }
     write_json_atomic(run_dir / "record.json", record)
     return record
+
+
+def finetuned_fp(cfg: DictConfig, task: TaskSpec, kind, model, tok, fit) -> tuple[object, dict]:
+    """The full-precision fine-tuned model: loaded from the cache if this training was done before, else
+    trained by `fit()` and saved there (atomically: a folder renamed into place)."""
+    import json
+    import os
+    import shutil
+
+    from qbench.sweep import fp_cache_dir
+
+    cache = fp_cache_dir(cfg)
+    if (cache / "training.json").is_file():
+        log.info("full-precision fine-tuned model from the cache: %s", cache)
+        model, _ = kind.load_model({**cfg.model, "name_or_path": str(cache), "config": None}, task, cfg.seed)
+        return model, {**json.loads((cache / "training.json").read_text()), "cached": str(cache)}
+    info = fit()
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "training.json").write_text(json.dumps(info))
+    try:
+        os.replace(tmp, cache)
+    except OSError:  # another job cached the same model meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, {**info, "cached": None}
 
 
 def provenance(cfg: DictConfig, started: datetime) -> dict:

@@ -33,7 +33,15 @@ def identity(cfg: DictConfig) -> dict:
     d = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
          for k, v in ((k, cfg[k]) for k in cfg if k not in VOLATILE)}  # fmt: skip
     if scheme_name(cfg) == "none":
-        d.pop("bits", None)
+        for k in ("bits", "embed_bits", "act_bits"):
+            d.pop(k, None)
+    # defaults added later are dropped, so cells of older configs keep their ids
+    for k in ("embed_bits", "act_bits"):
+        for where in (d, d.get("scheme") or {}):
+            if where.get(k, 0) is None:
+                where.pop(k)
+    if (d.get("distill") or {}).get("name") == "none":
+        d.pop("distill")
     return d
 
 

@@ -18,6 +18,8 @@ METRICS = {
     "pearson": ("scipy.stats", "pearsonr"),
     "spearman": ("scipy.stats", "spearmanr"),
 }
+# computed by the generative kinds themselves (qbench.lmeval), not from (labels, predictions)
+KIND_METRICS = ("perplexity", "loss", "token_accuracy", "rouge1", "rouge2", "rougeL")
 
 
 def metric(name: str, labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -42,13 +44,17 @@ class TaskSpec:
     data_dir: str | None = None  # a user's folder holding <split>.parquet / .jsonl / .csv; wins over the mirror
     text_fields: tuple[str, ...] = ()
     num_labels: int = 2  # 1 = regression
-    label_field: str = "label"
+    label_field: str | None = "label"  # null for language modelling
     id_field: str = "idx"
+    files: Mapping = field(default_factory=dict)  # split -> file name in the mirror / data_dir (e.g. test: test.txt)
+    lm: Mapping = field(default_factory=dict)  # causal LM evaluation: context_length, stride, max_eval_tokens
+    generation: Mapping = field(default_factory=dict)  # summarization: num_beams, length limits, samples
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.metrics if m not in METRICS]
+        bad = [m for m in self.metrics if m not in METRICS and m not in KIND_METRICS]
         if bad:
-            raise QbenchError(f"task {self.name}: unknown metric(s) {bad}; valid: {', '.join(METRICS)}")
+            valid = ", ".join((*METRICS, *KIND_METRICS))
+            raise QbenchError(f"task {self.name}: unknown metric(s) {bad}; valid: {valid}")
         if self.main_metric not in self.metrics:
             raise QbenchError(f"task {self.name}: main_metric {self.main_metric!r} is not in metrics {self.metrics}")
         if self.kind == "classification" and not 1 <= len(self.text_fields) <= 2:
@@ -66,7 +72,8 @@ class TaskSpec:
             raise QbenchError(f"task {d.get('name')}: unknown key(s) {sorted(unknown)}")
         for k in ("text_fields", "metrics", "eval_splits"):
             d[k] = tuple(d[k])
-        d["hub"] = dict(d.get("hub") or {})
+        for k in ("hub", "files", "lm", "generation"):
+            d[k] = dict(d.get(k) or {})
         return cls(**d)
 
     def compute_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:

@@ -33,10 +33,14 @@ def training_args(train: Mapping, seed: int, device: str) -> TrainingArguments:
     )
 
 
-def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str) -> dict:
-    """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve}."""
+def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
+             **trainer_kwargs) -> dict:  # fmt: skip
+    """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve} (+ loss_components
+    when the trainer has them: qbench.distill). `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
+    `trainer_cls`/`trainer_kwargs`: a Trainer subclass and its extra arguments (qbench.distill.DistillTrainer)."""
     args = training_args(train, seed, device)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, data_collator=collator,
+                          callbacks=callbacks or None, **trainer_kwargs)  # fmt: skip
     out = trainer.train()
     curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     loss = out.training_loss
@@ -48,6 +52,7 @@ def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str) 
         "seconds": out.metrics.get("train_runtime"),
         "device": str(args.device),
         "loss_curve": curve,
+        **({"loss_components": trainer.loss_components} if hasattr(trainer, "loss_components") else {}),
     }
 
 

@@ -5,8 +5,8 @@ import pytest
 from qbench.cli import main
 
 CASES = [
-    (["run", "model=gpt5"], "unknown model 'gpt5'; valid: albert, bert"),
-    (["run", "task=squad"], "unknown task 'squad'; valid: cola"),
+    (["run", "model=gpt5"], "unknown model 'gpt5'; valid: albert, bart, bert"),
+    (["run", "task=squad"], "unknown task 'squad'; valid: cnn_dm, cola"),
     (["run", "scheme=binary"], "unknown scheme 'binary'; valid: kmeans, linear, none"),
     (["run", "train=huge"], "unknown train 'huge'"),
     (["run", "-m", "scheme=linear,kmeens"], "unknown scheme 'kmeens'"),

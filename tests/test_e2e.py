@@ -20,7 +20,8 @@ def run_ok(tmp_path, *args):
 
 def test_kmeans_qat_record_and_predictions(tmp_path, data_dir):
     r = run_ok(tmp_path, "model=tiny_bert", "task=rte", "scheme=kmeans", "bits=2")
-    assert r["status"] == "completed" and (r["model"], r["task"], r["order"], r["seed"]) == ("tiny_bert", "rte", "qat", 42)
+    assert r["status"] == "completed"
+    assert (r["model"], r["task"], r["order"], r["seed"]) == ("tiny_bert", "rte", "qat", 42)
     s = r["scheme"]
     assert (s["name"], s["bits"], s["init"]) == ("kmeans", 2, "linear")
     assert s["quantized_tensors"] == 3 + 2 * 6 and 0.99 < s["quantized_share"] < 1  # embeddings dominate

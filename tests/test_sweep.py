@@ -69,6 +69,31 @@ def test_full_precision_model_is_fine_tuned_once_and_reused(tmp_path):
                    f"hydra.run.dir={tmp_path / str(bits)}")  # fmt: skip
         assert p.returncode == 0, p.stderr[-2000:]
         r = read_record(tmp_path / str(bits))
-        assert r["training"]["full_precision"]["cached"]
-        assert r["training"]["full_precision"]["steps"] == read_record(tmp_path / "fp")["training"]["full_precision"]["steps"]
+        baseline = read_record(tmp_path / "fp")["training"]["full_precision"]
+        fp = r["training"]["full_precision"]
+        assert fp["cached"] and fp["steps"] == baseline["steps"]
         assert r["timings"]["train_fp"] < 15
+
+
+def test_launchers_and_experiments_compose():
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        local = compose("config", overrides=["hydra/launcher=local_parallel"], return_hydra_config=True)
+        assert local.hydra.launcher._target_.endswith("JoblibLauncher") and local.hydra.launcher.n_jobs == 2
+        slurm = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                        return_hydra_config=True)  # fmt: skip
+        assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
+        cpu = compose("config", overrides=["+experiment=paper_a_glue_cpu"], return_hydra_config=True)
+        grid = {k: v.split(",") for k, v in cpu.hydra.sweeper.params.items()}
+        assert cpu.model.name == "minilm" and cpu.train.order == "ptq" and cpu.study == "paper_a_glue_cpu"
+        assert grid == {"task": ["sst2", "mrpc", "rte", "cola", "stsb"], "scheme": ["none", "linear", "kmeans"],
+                        "bits": ["2", "3", "4", "8"]}  # fmt: skip
+        full = compose("config", overrides=["+experiment=paper_a_glue"], return_hydra_config=True)
+        params = full.hydra.sweeper.params
+        assert len(params.task.split(",")) == 9 and params.bits == "1,2,3,4,5,6,7,8"
+
+
+def test_parallel_launcher_runs_cells(tmp_path):
+    p = qbench("run", "-m", "hydra/launcher=local_parallel", *DEBUG, "scheme=linear", "bits=2,4",
+               f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(read_record(f.parent)["scheme"]["bits"] for f in tmp_path.glob("*/record.json")) == [2, 4]

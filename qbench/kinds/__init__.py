@@ -1,7 +1,8 @@
 """Task kinds: how a family of tasks loads its model head, prepares data, batches and evaluates.
 
 A kind is a module with `load_model(model_cfg, task, seed)`, `load_data(task, tok, cfg, need_train)`,
-`collator(tok)` and `evaluate(model, tok, task, data, cfg) -> (metrics per split, prediction rows)`.
+`collator(tok)` and `evaluate(model, tok, task, data, cfg) -> (metrics per split, prediction rows)`; optionally
+`protocol(model, tok, task, data, cfg, rows) -> dict`, how the metrics were computed (the record's `evaluation`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from types import ModuleType
 
 from qbench.errors import QbenchError
 
-KINDS = ("classification",)
+KINDS = ("classification", "causal_lm", "dialog", "summarization")
 
 
 def get(kind: str) -> ModuleType:

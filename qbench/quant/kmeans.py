@@ -65,3 +65,15 @@ class Codebook(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         # embedding() gathers and, backwards, sums the gradients of all weights sharing a centroid
         return F.embedding(self.labels, self.centroids[:, None]).reshape(self.labels.shape)
+
+    # export hooks (qbench.quant.packing.Packable): codes = labels, codebook = centroids
+    @property
+    def bits(self) -> int:
+        return max(1, (self.centroids.numel() - 1).bit_length())
+
+    def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"codes": self.labels, "centroids": self.centroids.detach().float()}
+
+    @classmethod
+    def unpack(cls, state: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+        return state["centroids"].to(getattr(torch, info["dtype"]))[state["codes"]].reshape(info["shape"])

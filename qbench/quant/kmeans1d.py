@@ -70,86 +70,114 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.tensor(sorted(c), dtype=torch.float64)
 
 
-def _sorted_values(flat: torch.Tensor) -> torch.Tensor:
-    """Ascending values of a 1-D CPU tensor. NumPy's values-only sort (SIMD) is many times faster than
-    torch.sort, which always also computes the permutation."""
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.sort(flat.numpy()))
-    return torch.sort(flat).values
+_CHUNK = 1 << 20  # elements per chunk of the float64 sum of squares (stays in cache, no n-sized float64 copy)
+
+
+def _prefix(v: np.ndarray) -> np.ndarray:
+    """(n+1,) float64 prefix sums of v, starting at 0."""
+    s = np.empty(v.size + 1, dtype=np.float64)
+    s[0] = 0.0
+    np.cumsum(v, dtype=np.float64, out=s[1:])
+    return s
+
+
+def _sum_sq(xs: np.ndarray, w: np.ndarray | None) -> float:
+    """sum(w x^2) in float64, chunked (einsum's loop: no BLAS threads, which cost ms under load)."""
+    total = 0.0
+    for i in range(0, xs.size, _CHUNK):
+        x = xs[i : i + _CHUNK].astype(np.float64)
+        total += float(np.einsum("i,i->", x, x) if w is None else np.einsum("i,i,i->", w[i : i + _CHUNK], x, x))
+    return total
 
 
 class _Runs:
-    """Sorted values with float64 prefix sums; statistics of contiguous runs [a, b) in O(1)."""
+    """Sorted values (NumPy, float32 or float64) with float64 prefix sums; statistics of runs [a, b) in O(1).
 
-    def __init__(self, xs: torch.Tensor, w: torch.Tensor | None):
-        self.xs, self.n = xs, xs.numel()
-        zero = torch.zeros(1, dtype=torch.float64)
-        self.s0 = None if w is None else torch.cat([zero, torch.cumsum(w, 0)])  # None: s0[j] = j
-        self.s1 = torch.cat([zero, torch.cumsum(xs if w is None else w * xs, 0, dtype=torch.float64)])
-        x64 = xs.double()
-        self.sum_sq = float(torch.dot(x64, x64) if w is None else torch.dot(w * x64, x64))
+    The Lloyd loop works on arrays of k values, where each torch op costs microseconds of dispatch (and OpenMP
+    wake-ups on a busy machine), so everything here is NumPy."""
 
-    def cnt(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (b - a).double() if self.s0 is None else self.s0[b] - self.s0[a]
+    def __init__(self, xs: np.ndarray, w: np.ndarray | None):
+        self.xs, self.n = xs, xs.size
+        self.s0 = None if w is None else _prefix(w)  # None: s0[j] = j
+        self.s1 = _prefix(xs if w is None else w * xs)
+        self.sum_sq = _sum_sq(xs, w)
 
-    def tot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def cnt(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (b - a).astype(np.float64) if self.s0 is None else self.s0[b] - self.s0[a]
+
+    def tot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.s1[b] - self.s1[a]
 
-    def sse(self, c: torch.Tensor, b: torch.Tensor) -> float:
+    def stats(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, weighted sum) of each run of the boundaries b (weight int64 when unweighted)."""
+        s1 = self.s1[b]
+        s0 = b if self.s0 is None else self.s0[b]
+        return s0[1:] - s0[:-1], s1[1:] - s1[:-1]
+
+    def sse(self, c: np.ndarray, b: np.ndarray) -> float:
         """SSE of centroids c over runs b: per run sum(w (x - c)^2) = sum(w x^2) - 2 c S1 + c^2 S0, for any c."""
-        cnt, tot = self.cnt(b[:-1], b[1:]), self.tot(b[:-1], b[1:])
-        return self.sum_sq - float((2 * c * tot - c * c * cnt).sum())
+        return self.sum_sq - _fit(c, *self.stats(b))
 
-    def search(self, values: torch.Tensor) -> torch.Tensor:
+    def search(self, values: np.ndarray) -> np.ndarray:
         """Number of sorted values strictly below each of `values` (float64), exact for float32 data."""
-        # NumPy here: torch.searchsorted of a few hundred queries costs ~8 ms on 2 OpenMP threads (~20 us in NumPy)
-        return torch.from_numpy(np.searchsorted(self.xs.numpy(), _ceil_to(values, self.xs.dtype).numpy()))
+        return np.searchsorted(self.xs, _ceil_to(values, self.xs.dtype))
 
-    def bounds(self, c: torch.Tensor) -> torch.Tensor:
-        """(k+1,) start offsets of each centroid's run: points go to the nearest centroid, ties to the right."""
-        inner = self.search((c[1:] + c[:-1]) / 2)
-        return torch.cat([inner.new_zeros(1), inner, inner.new_full((1,), self.n)])
+    def bounds(self, c: np.ndarray) -> np.ndarray:
+        """(k+1,) start offsets of each centroid's run: points go to the nearest centroid, ties to the right.
+        (The midpoints are padded with -inf and +inf, whose searches give 0 and n: one NumPy call fewer.)"""
+        m = np.empty(c.size + 1)
+        m[0], m[-1] = -math.inf, math.inf
+        np.add(c[1:], c[:-1], out=m[1:-1])
+        m *= 0.5
+        return self.search(m)
 
 
-def _ceil_to(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _ceil_to(v: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Smallest value of `dtype` >= v, so that `x < v` <=> `x < result` for every x of that dtype."""
-    if dtype == torch.float64:
+    if dtype == np.float64:
         return v
-    r = v.to(dtype)
-    return torch.where(r.double() < v, torch.nextafter(r, torch.tensor(math.inf, dtype=dtype)), r)
+    r = v.astype(dtype)
+    np.nextafter(r, dtype.type(np.inf), out=r, where=r < v)
+    return r
 
 
-def _improve(
-    runs: _Runs, c: torch.Tensor, b: torch.Tensor, cnt: torch.Tensor, tot: torch.Tensor
-) -> torch.Tensor | None:
+def _mean(cnt: np.ndarray, tot: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Lloyd's update step: each run's mean; empty runs keep their centroid."""
+    return np.divide(tot, cnt, out=c.copy(), where=cnt > 0)
+
+
+def _fit(c: np.ndarray, cnt: np.ndarray, tot: np.ndarray) -> float:
+    """sum_sq - SSE of centroids c over runs of weight cnt and sum tot: sum(2 c tot - c^2 cnt)."""
+    return float(np.dot(c, 2 * tot - c * cnt))
+
+
+def _improve(runs: _Runs, c: np.ndarray, b: np.ndarray, cnt: np.ndarray, tot: np.ndarray) -> np.ndarray | None:
     """New centroids after filling empty clusters and split-merge moves that lower the SSE, or None if none.
 
     Splitting run [a, e) at p lowers the SSE by cL cR / (cL + cR) (mL - mR)^2; merging two runs raises it by
     the same expression of the two runs. Moves touch disjoint clusters, so their effects add up."""
     a, e = b[:-1], b[1:]
+    cnt = cnt.astype(np.float64)
     nonempty = cnt > 0
-    mean = torch.where(nonempty, tot / cnt.clamp_min(1e-300), c)
+    mean = _mean(cnt, tot, c)
     # best split candidate of each run: at its mean (one 2-means assignment step from the run's mean)
-    p = torch.minimum(torch.maximum(runs.search(mean), a + 1), (e - 1).clamp_min(0))
-    pv = p.clamp(1, runs.n - 1)
+    p = np.maximum(np.minimum(np.maximum(runs.search(mean), a + 1), e - 1), a)  # in [a, e]
+    pv = np.clip(p, 1, max(runs.n - 1, 1))
     cl, cr = runs.cnt(a, p), runs.cnt(p, e)
     tl, tr = runs.tot(a, p), runs.tot(p, e)
-    ml, mr = tl / cl.clamp_min(1e-300), tr / cr.clamp_min(1e-300)
-    ok = (e - a >= 2) & (cl > 0) & (cr > 0) & (runs.xs[pv - 1] < runs.xs[pv])  # never split equal values
-    gain = torch.where(ok, cl * cr / (cl + cr).clamp_min(1e-300) * (ml - mr) ** 2, torch.zeros_like(cl))
-    # merge cost of consecutive non-empty clusters
-    idx = nonempty.nonzero().squeeze(1)
-    ci, mi = cnt[idx], mean[idx]
-    cost = ci[:-1] * ci[1:] / (ci[:-1] + ci[1:]) * (mi[:-1] - mi[1:]) ** 2
+    ml, mr = tl / np.maximum(cl, 1e-300), tr / np.maximum(cr, 1e-300)
+    xs = runs.xs
+    ok = (e - a >= 2) & (cl > 0) & (cr > 0) & (xs[pv - 1] < xs[pv])  # never split equal values
+    gain = np.where(ok, cl * cr / np.maximum(cl + cr, 1e-300) * (ml - mr) ** 2, 0.0)
 
     eps = 1e-13 * max(runs.sum_sq, 1e-300)  # below this, a move's gain is rounding noise
-    order = torch.argsort(gain, descending=True, stable=True)
-    n_cand = int((gain[order] > eps).sum())
+    order = np.argsort(-gain, kind="stable")
+    n_cand = int(np.count_nonzero(gain > eps))
     if n_cand == 0:
         return None
     splits = order[:n_cand].tolist()
     gains = gain[order[:n_cand]].tolist()
-    empty = (~nonempty).nonzero().squeeze(1).tolist()
+    empty = np.flatnonzero(~nonempty).tolist()
     used: set[int] = set()
     drop: list[int] = []  # centroids removed
     add: list[float] = []  # centroids added
@@ -163,10 +191,15 @@ def _improve(
         used.add(s)
         drop += [j, s]
         add += [ml_l[s], mr_l[s]]
-    if len(idx) >= 2 and si < len(splits):
-        corder = torch.argsort(cost, stable=True).tolist()
+    idx = np.flatnonzero(nonempty)
+    if idx.size >= 2 and si < len(splits):
+        # merge cost of consecutive non-empty clusters
+        ci, mi = cnt[idx], mean[idx]
+        cost = ci[:-1] * ci[1:] / (ci[:-1] + ci[1:]) * (mi[:-1] - mi[1:]) ** 2
+        corder = np.argsort(cost, kind="stable").tolist()
         costs = cost.tolist()
         pairs = idx.tolist()
+        cnt_l, tot_l = cnt.tolist(), tot.tolist()
         ci_ = 0
         while si < len(splits) and ci_ < len(corder):
             s = splits[si]
@@ -181,49 +214,96 @@ def _improve(
             if gains[si] - costs[t] <= eps + 1e-9 * gains[si]:
                 break
             used.update((s, u, v))
-            tu, tv, cu, cv = float(tot[u]), float(tot[v]), float(cnt[u]), float(cnt[v])
             drop += [s, u, v]
-            add += [ml_l[s], mr_l[s], (tu + tv) / (cu + cv)]
+            add += [ml_l[s], mr_l[s], (tot_l[u] + tot_l[v]) / (cnt_l[u] + cnt_l[v])]
             si += 1
             ci_ += 1
     if not drop:
         return None
-    keep = torch.ones(c.numel(), dtype=torch.bool)
-    keep[torch.tensor(drop)] = False
-    return torch.cat([c[keep], torch.tensor(add, dtype=torch.float64)]).sort().values
+    keep = np.ones(c.size, dtype=bool)
+    keep[drop] = False
+    return np.sort(np.concatenate([c[keep], np.array(add, dtype=np.float64)]))
 
 
-def _refine_pairs(runs: _Runs, b: torch.Tensor, window: int) -> torch.Tensor | None:
+def _refine_pairs(runs: _Runs, b: np.ndarray, window: int) -> np.ndarray | None:
     """Exact best boundary between each two neighbouring non-empty clusters (others fixed), searched within
     +-window points of the current boundary; new boundaries (k+1,) or None if nothing improves.
 
     Lloyd fixed points are not unique: a few points away there can be a fixed point with a lower SSE.
     Boundaries of even and odd index are updated in turn, so that updated pairs never share a cluster."""
-    k, n, xs = b.numel() - 1, runs.n, runs.xs
+    k, n, xs = b.size - 1, runs.n, runs.xs
     if k < 2:
         return None
     eps = 1e-12 * max(runs.sum_sq, 1e-300)
-    off = torch.arange(-window, window + 1)
-    b = b.clone()
+    off = np.arange(-window, window + 1)
+    off1 = np.arange(-window - 1, window + 1)
+    b = b.copy()
     changed = False
     for first in (1, 2):
-        j = torch.arange(first, k, 2)
-        if j.numel() == 0:
+        j = np.arange(first, k, 2)
+        if j.size == 0:
             continue
         a, q, e = b[j - 1, None], b[j, None], b[j + 1, None]
         p = q + off
-        pc = p.clamp(1, max(n - 1, 1))
+        ok = (p > a) & (p < e)  # so 1 <= p <= n - 1 where ok
+        pc = np.clip(p, 1, max(n - 1, 1))
+        xw = xs[np.clip(q + off1, 0, n - 1)]  # xw[:, i], xw[:, i + 1] = xs[p - 1], xs[p] where ok
+        ok &= xw[:, :-1] < xw[:, 1:]  # never split equal values
         cl, cr = runs.cnt(a, pc), runs.cnt(pc, e)
-        ok = (p > a) & (p < e) & (cl > 0) & (cr > 0) & (xs[pc - 1] < xs[pc])  # never split equal values
-        f = runs.tot(a, pc) ** 2 / cl.clamp_min(1e-300) + runs.tot(pc, e) ** 2 / cr.clamp_min(1e-300)
-        f = torch.where(ok, f, torch.full_like(f, -math.inf))
-        best, arg = f.max(1)
+        if runs.s0 is not None:  # zero weights
+            ok &= (cl > 0) & (cr > 0)
+        s1p = runs.s1[pc]
+        tl, tr = s1p - runs.s1[a], runs.s1[e] - s1p
+        tl *= tl
+        tr *= tr
+        f = np.divide(tl, cl, out=np.full(tl.shape, -math.inf), where=ok)
+        f += np.divide(tr, cr, out=np.zeros_like(tr), where=ok)
+        arg = f.argmax(1)
+        best = np.take_along_axis(f, arg[:, None], 1)[:, 0]
         cur = f[:, window]
-        upd = ok[:, window] & (best - cur > eps)
+        upd = ok[:, window] & (best > cur + eps)
         if upd.any():
             b[j[upd]] = p[upd, arg[upd]]
             changed = True
     return b if changed else None
+
+
+def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Number of `mids` (ascending, of xs's dtype) <= each value of flat; xs is flat sorted. Equal to
+    np.searchsorted(mids, flat, 'right'), whose branchy binary search costs ~50-100 ns a value.
+
+    Instead: a monotone cell index t = int((x - lo) * scale) in float32 (rounded float ops are monotone in x, so
+    each cell is a run of xs, found by one search of the sorted cell indices), a table lut[t] = label of the
+    cell's first value, and one pass `label += x >= mids[label]` per boundary that falls inside a cell."""
+    n = flat.size
+    if mids.size == 0:
+        return np.zeros(n, dtype=np.int64)
+    lo, hi = xs[0], xs[-1]
+    cells = int(np.clip(n >> 5, 64, 1 << 16))
+    scale = np.float32(cells / max(float(hi) - float(lo), 1e-300))
+    if n < 4096 or xs.dtype != np.float32 or not np.isfinite(hi - lo) or not np.isfinite(scale * (hi - lo)):
+        return np.searchsorted(mids, flat, side="right")
+
+    def cell(v: np.ndarray) -> np.ndarray:
+        t = np.subtract(v, lo, dtype=np.float32)
+        np.multiply(t, scale, out=t)
+        return t.astype(np.int32)
+
+    cs = cell(xs)  # ascending
+    start = np.searchsorted(cs, np.arange(int(cs[-1]) + 2, dtype=np.int32))  # run of each cell in xs
+    inner = np.searchsorted(xs, mids)  # label of sorted index i = number of inner <= i
+    first = np.searchsorted(inner, start[:-1], side="right")
+    last = np.searchsorted(inner, start[1:] - 1, side="right")
+    nonempty = start[1:] > start[:-1]
+    steps = int((last - first)[nonempty].max())
+    if steps > 4:  # boundaries crowded into a cell (e.g. far outliers): plain binary search
+        return np.searchsorted(mids, flat, side="right")
+    lab = first.astype(np.int64)[cell(flat)]
+    if steps:
+        mids_ext = np.append(mids, mids.dtype.type(np.inf))
+        for _ in range(steps):
+            lab += flat >= mids_ext[lab]
+    return lab
 
 
 def kmeans_1d(
@@ -243,93 +323,105 @@ def kmeans_1d(
     Stops when no boundary moves and no move helps, or after max_iter iterations. The SSE never rises.
     Deterministic for a given seed. With improve=False it is plain Lloyd (empty clusters keep their centroid).
     """
-    flat = x.detach().reshape(-1)
-    if not flat.is_floating_point() or flat.dtype in (torch.float16, torch.bfloat16):
-        flat = flat.float()  # exact for half types
-    flat = flat.cpu()
-    if flat.numel() == 0:
+    flat_t = x.detach().reshape(-1)
+    if not flat_t.is_floating_point() or flat_t.dtype in (torch.float16, torch.bfloat16):
+        flat_t = flat_t.float()  # exact for half types
+    flat = flat_t.cpu().resolve_conj().resolve_neg().numpy()
+    if flat.size == 0:
         raise ValueError("kmeans_1d of an empty tensor")
     order = None
     if weights is None:
-        xs, w = _sorted_values(flat), None
+        xs, w = np.sort(flat), None  # values only: NumPy's SIMD sort, many times faster than torch.sort
     else:
-        xs, order = torch.sort(flat)
-        w = weights.detach().reshape(-1).cpu().double()[order]
-    if not (torch.isfinite(xs[0]) and torch.isfinite(xs[-1])):
+        order = np.argsort(flat, kind="stable")
+        xs = flat[order]
+        w = weights.detach().reshape(-1).cpu().double().numpy()[order]
+    if not (np.isfinite(xs[0]) and np.isfinite(xs[-1])):
         raise ValueError("kmeans_1d: input has NaN or infinite values")
     runs = _Runs(xs, w)
-    c = init.double().cpu().sort().values if isinstance(init, torch.Tensor) else init_centroids(xs, k, init, seed)
-    if c.numel() != k:
-        raise ValueError(f"kmeans_1d: init has {c.numel()} centroids, expected k={k}")
-    if window is None:  # pair refinement searches ~64k candidate boundaries per sweep
-        window = max(64, (1 << 16) // k)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the loop runs many tiny ops; OpenMP wake-ups made it ~10x slower on 2 cores
-    try:
-        c0 = c
-        c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
-        if improve and k <= 16:
-            # for small k, moves can lead into a slightly worse basin than the one plain Lloyd reaches from the
-            # same start: also run Lloyd with refinement but without moves and keep the lower SSE (at larger k
-            # the moves win by far and the second pass would only double the loop's cost)
-            c2, b2, it2 = _iterate(runs, c0, max_iter, False, accelerate, window, refine=True)
-            if runs.sse(c2, b2) < runs.sse(c, b):
-                c, b = c2, b2
-            it += it2
-    finally:
-        torch.set_num_threads(threads)
-    sse = max(runs.sse(c, b), 0.0)
-    if order is None:  # no permutation: label each value by binary search over the k-1 midpoints
-        mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
-        labels = torch.bucketize(flat.to(xs.dtype), mids, right=True)
+    if isinstance(init, torch.Tensor):
+        c = np.sort(init.detach().reshape(-1).double().cpu().numpy())
     else:
-        labels_sorted = torch.repeat_interleave(torch.arange(k), b[1:] - b[:-1])
-        labels = torch.empty_like(labels_sorted)
-        labels[order] = labels_sorted
-    return KMeansResult(c.float(), labels, sse, it)
+        c = init_centroids(torch.from_numpy(xs), k, init, seed).numpy()
+    if c.size != k:
+        raise ValueError(f"kmeans_1d: init has {c.size} centroids, expected k={k}")
+    if window is None:  # pair refinement searches ~4k candidate boundaries per sweep (wider windows cost far
+        window = max(16, (1 << 12) // k)  # more than they gain: the SSE moves by < 1e-3 on BERT-like tensors)
+    c0 = c
+    c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
+    if improve and k <= 16:
+        # for small k, moves can lead into a slightly worse basin than the one plain Lloyd reaches from the
+        # same start: also run Lloyd with refinement but without moves and keep the lower SSE (at larger k
+        # the moves win by far and the second pass would only double the loop's cost)
+        c2, b2, it2 = _iterate(runs, c0, max_iter, False, accelerate, window, refine=True)
+        if runs.sse(c2, b2) < runs.sse(c, b):
+            c, b = c2, b2
+        it += it2
+    sse = max(runs.sse(c, b), 0.0)
+    if order is None:  # no permutation: label each value by the k-1 midpoints
+        labels = _labels(flat, xs, _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype))
+    else:
+        labels = np.empty(flat.size, dtype=np.int64)
+        labels[order] = np.repeat(np.arange(k, dtype=np.int64), b[1:] - b[:-1])
+    return KMeansResult(torch.from_numpy(c.astype(np.float32)), torch.from_numpy(labels), sse, it)
 
 
 def _iterate(
-    runs: _Runs, c: torch.Tensor, max_iter: int, improve: bool, accelerate: bool, window: int, refine: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The Lloyd loop of kmeans_1d: (centroids, run boundaries, iterations)."""
+    runs: _Runs, c: np.ndarray, max_iter: int, improve: bool, accelerate: bool, window: int, refine: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The Lloyd loop of kmeans_1d: (centroids, run boundaries, iterations). The statistics of the current runs
+    (cnt, tot) are carried over from the step that chose them; each step is a few dozen NumPy calls on k values
+    and one or two binary searches of k values in the sorted data."""
     b = runs.bounds(c)
+    cnt, tot = runs.stats(b)
     omega = 2.0  # over-relaxation factor, adapted: doubled while it pays, halved when it does not
     it = 0
     for it in range(1, max_iter + 1):
-        cnt, tot = runs.cnt(b[:-1], b[1:]), runs.tot(b[:-1], b[1:])
-        mean = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c)  # Lloyd's update step
-        b_mean = runs.bounds(mean)
-        converged = torch.equal(b_mean, b)
+        mean = _mean(cnt, tot, c)  # Lloyd's update step
         # moves every 8th iteration, at empty clusters and at convergence (they cost more than a Lloyd step)
-        if improve and (converged or it % 8 == 1 or bool((cnt == 0).any())):
+        tried = improve and (it % 8 == 1 or not cnt.all())
+        if tried:
             c_imp = _improve(runs, mean, b, cnt, tot)
             if c_imp is not None:
                 c, b = c_imp, runs.bounds(c_imp)
+                cnt, tot = runs.stats(b)
                 continue
-        if converged:  # a Lloyd fixed point
+        if accelerate and it < max_iter:
+            # 1-D Lloyd creeps (boundaries move a few points per step): try an over-relaxed step c + w (mean - c)
+            # and keep it if its SSE (nearest-centroid assignment) beats that of the means on the current runs,
+            # which is no lower than the plain step's: the SSE still falls, and the plain step needs no search
+            c_acc = mean - c
+            c_acc *= omega
+            c_acc += c
+            c_acc.sort()
+            b_acc = runs.bounds(c_acc)
+            cnt_a, tot_a = runs.stats(b_acc)
+            if _fit(c_acc, cnt_a, tot_a) > _fit(mean, cnt, tot):
+                c, b, cnt, tot = c_acc, b_acc, cnt_a, tot_a
+                omega = min(omega * 2, 64.0)
+                continue
+            omega = max(omega / 2, 1.5)
+        b_mean = runs.bounds(mean)
+        if not (b_mean != b).any():  # a Lloyd fixed point
+            if improve and not tried:
+                c_imp = _improve(runs, mean, b, cnt, tot)
+                if c_imp is not None:
+                    c, b = c_imp, runs.bounds(c_imp)
+                    cnt, tot = runs.stats(b)
+                    continue
             c = mean
             b_ref = _refine_pairs(runs, b, window) if (improve or refine) and window > 0 else None
             if b_ref is None:
                 break
             # a better split of two neighbouring clusters within +-window points of their boundary
-            cnt, tot = runs.cnt(b_ref[:-1], b_ref[1:]), runs.tot(b_ref[:-1], b_ref[1:])
-            c, b = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c), b_ref
+            cnt, tot = runs.stats(b_ref)
+            c, b = _mean(cnt, tot, c), b_ref
+            cnt, tot = runs.stats(b)
             continue
-        if accelerate and it < max_iter:
-            # 1-D Lloyd creeps (boundaries move a few points per step): try an over-relaxed step c + w (mean - c)
-            # and keep it only if its SSE (nearest-centroid assignment) beats the plain step's
-            c_acc = (c + omega * (mean - c)).sort().values
-            b_acc = runs.bounds(c_acc)
-            if runs.sse(c_acc, b_acc) < runs.sse(mean, b_mean):
-                c, b = c_acc, b_acc
-                omega = min(omega * 2, 64.0)
-                continue
-            omega = max(omega / 2, 1.5)
         c, b = mean, b_mean
+        cnt, tot = runs.stats(b)
     else:  # not converged: finish with an update step and re-assign (no-op at convergence)
-        cnt, tot = runs.cnt(b[:-1], b[1:]), runs.tot(b[:-1], b[1:])
-        c = torch.where(cnt > 0, tot / cnt.clamp_min(1e-300), c)
+        c = _mean(cnt, tot, c)
         b = runs.bounds(c)
     return c, b, it
 

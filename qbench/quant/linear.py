@@ -55,4 +55,26 @@ class LinearFakeQuant(nn.Module):
         return (q2d.t() if self.transposed else q2d).reshape(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (self.quantized(w) - w).detach()
+        # value exactly quantized(w) (w - w.detach() is 0; `w + (q - w).detach()` is off by an ulp for ~1% of
+        # weights), gradient 1 to w; so a packed export computes exactly what was trained and evaluated
+        return self.quantized(w) + (w - w.detach())
+
+    # export hooks (qbench.quant.packing.Packable): codes in the grouped (groups, elements) order of `quantized`
+    @property
+    def bits(self) -> int:
+        return self.scheme.bits
+
+    def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self.scheme
+        g = P.grouped(as_2d(latent.detach(), self.transposed), s.granularity, s.group_size)
+        scale, offset = P.linear_qparams(g, s.bits, s.symmetric)
+        return {"codes": P.linear_codes(g, scale, offset, s.bits), "scale": scale.float(), "offset": offset.float()}
+
+    @classmethod
+    def unpack(cls, state: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+        dtype, shape = getattr(torch, info["dtype"]), info["shape"]
+        scale, offset = state["scale"].to(dtype), state["offset"].to(dtype)
+        q = (offset + scale * state["codes"].reshape(scale.shape[0], -1)).to(dtype)  # as P.linear_fake_quant
+        rows, cols = shape[0], q.numel() // shape[0]
+        q2d = q.reshape(cols, rows).t() if info["transposed"] else q.reshape(rows, cols)
+        return q2d.reshape(shape)

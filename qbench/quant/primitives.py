@@ -72,3 +72,42 @@ def sqnr_db(w: torch.Tensor, wq: torch.Tensor) -> float:
     noise = (w.double() - wq.double()).pow(2).sum().item()
     signal = w.double().pow(2).sum().item()
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+# --- symmetric clipped grids of the QAT schemes (PACT, LSQ, LAQ, MDS) and activation fake-quantization ---
+
+
+def sym_levels(bits: int) -> int:
+    """n of the symmetric grid alpha * {-n..n} / n (2^bits - 1 levels, zero exact; 2 bits = ternary); 1 bit is
+    binary, {-alpha, +alpha}, returned as n = 1 with the zero level excluded (see sym_round)."""
+    return max(1, 2 ** (bits - 1) - 1)
+
+
+def sym_round(u: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer level k of u = w / step on the symmetric grid: round(clamp(u, -n, n)); 1 bit: sign(u) (0 -> +1)."""
+    if bits == 1:
+        return torch.where(u >= 0, torch.ones_like(u), -torch.ones_like(u))
+    n = sym_levels(bits)
+    return torch.round(torch.clamp(u, -n, n))
+
+
+def sym_codes(k: torch.Tensor, bits: int) -> torch.Tensor:
+    """Levels k in [-n, n] (1 bit: ±1) as codes in [0, 2^bits) for packing."""
+    return ((k + 1) / 2 if bits == 1 else k + sym_levels(bits)).long()
+
+
+def sym_uncode(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of sym_codes."""
+    return 2 * codes - 1 if bits == 1 else codes - sym_levels(bits)
+
+
+def act_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-tensor symmetric min-max fake-quantization of activations: s = max|x| / (2^(bits-1) - 1) (1 bit:
+    s = mean|x|, levels ±s), x -> s * round(x / s) (no clipping: max|x| is a level); a zero tensor stays zero."""
+    if bits == 1:
+        s = x.abs().mean()
+        return torch.where(x >= 0, s, -s).to(x.dtype)
+    n = 2 ** (bits - 1) - 1
+    s = x.abs().amax() / n
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return (torch.round(x / safe) * safe).to(x.dtype)

@@ -6,7 +6,7 @@ A concrete scheme (one file each: `linear.py`, `kmeans.py`, ...) implements `par
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -17,14 +17,34 @@ from qbench.errors import QbenchError
 
 @dataclass(frozen=True)
 class Scheme:
-    """Base: `bits` per weight, 1–8."""
+    """Base: `bits` per weight, 1–8; `embed_bits` for nn.Embedding weights (None = bits); `act_bits` for the
+    inputs of the quantized Linear/Conv1D layers (None = full precision; see qbench.quant.wiring)."""
 
     name: ClassVar[str] = "base"
     bits: int
+    embed_bits: int | None = None
+    act_bits: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
-            raise QbenchError(f"scheme={self.name}: bits must be an integer in 1..8, got {self.bits!r}")
+        for key in ("bits", "embed_bits", "act_bits"):
+            v = getattr(self, key)
+            if key != "bits" and v is None:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
+                raise QbenchError(f"scheme={self.name}: {key} must be an integer in 1..8, got {v!r}")
+
+    def for_embedding(self) -> Scheme:
+        """The scheme applied to nn.Embedding weights: this one with bits = embed_bits."""
+        return self if self.embed_bits in (None, self.bits) else replace(self, bits=self.embed_bits)
+
+    @property
+    def wea(self) -> str:
+        """Weight-embedding-activation bits as paper B writes them, e.g. '2-2-8' (32 = full precision)."""
+        return f"{self.bits}-{self.embed_bits or self.bits}-{self.act_bits or 32}"
+
+    def train_callbacks(self) -> list:
+        """transformers.TrainerCallback instances the scheme needs during fine-tuning (LAQ: optimizer state)."""
+        return []
 
     def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
         """Module mapping the latent weight to its quantized value (same shape). `transposed`: the weight is
@@ -36,7 +56,7 @@ class Scheme:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        return {"name": self.name, **asdict(self), "wea": self.wea}
 
 
 @dataclass(frozen=True)

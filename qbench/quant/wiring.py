@@ -8,6 +8,7 @@ A tensor shared by several modules (ALBERT's shared layers, tied embeddings) is 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,10 +18,11 @@ from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from qbench.errors import QbenchError
-from qbench.quant.primitives import sqnr_db
+from qbench.quant.primitives import act_fake_quant, sqnr_db
 from qbench.quant.schemes import Scheme, as_2d
 
 QUANTIZABLE = (nn.Linear, nn.Embedding, Conv1D)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TensorReport:
     sqnr_db: float
     overhead_bits: int
     shared_with: list[str] = field(default_factory=list)  # other names of the same tensor
+    bits: int | None = None  # this tensor's bits (embed_bits for nn.Embedding weights); None = the scheme's
 
 
 @dataclass
@@ -60,7 +63,7 @@ class QuantReport:
             "total_params": self.total_params,
             "quantized_share": q / self.total_params if self.total_params else 0.0,
             # codes plus codebooks / scales, per quantized weight
-            "effective_bits": (bits * q + over) / q if q else None,
+            "effective_bits": (sum((t.bits or bits) * t.numel for t in self.tensors) + over) / q if q else None,
             "shared_tensors": {t.name: t.shared_with for t in self.tensors if t.shared_with},
             "layers": [asdict(t) for t in self.tensors],
             "quantize_seconds": self.seconds,
@@ -88,6 +91,13 @@ def select(model: nn.Module, include: list[str], exclude: list[str]) -> dict[str
                 chosen[key][2].append(name)
             continue
         chosen[key] = (name, module, [])
+    # A tied copy outside `include` (GPT-2's lm_head, BART's embed_tokens/lm_head = model.shared) is the same tensor:
+    # it must see the same quantized values, else it keeps computing with the full-precision latent weight.
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, QUANTIZABLE) and not parametrize.is_parametrized(module, "weight"):
+            entry, name = chosen.get(id(module.weight)), f"{mod_name}.weight" if mod_name else "weight"
+            if entry and entry[1] is not module and name not in entry[2]:
+                entry[2].append(name)
     return {name: (module, others) for name, module, others in chosen.values()}
 
 
@@ -101,7 +111,8 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
     for name, (module, others) in targets.items():
         w = module.weight
         transposed = isinstance(module, Conv1D)
-        p = scheme.parametrization(w.detach(), transposed)
+        s = scheme.for_embedding() if isinstance(module, nn.Embedding) else scheme
+        p = s.parametrization(w.detach(), transposed)
         with torch.no_grad():
             wq = p(w.detach())
         parametrize.register_parametrization(module, "weight", p, unsafe=True)
@@ -113,10 +124,38 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
             module.parametrizations.weight.original.requires_grad_(False)
         shape2d = tuple(as_2d(w, transposed).shape)
         reports.append(
-            TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), scheme.overhead_bits(shape2d), others)
+            TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), s.overhead_bits(shape2d), others, s.bits)
         )
+    if getattr(scheme, "act_bits", None):  # activation fake-quant on the inputs of the quantized Linear/Conv1D
+        hooked = quantize_activations(model, [n for t in reports for n in (t.name, *t.shared_with)], scheme.act_bits)
+        log.info("act_bits=%d: inputs of %d Linear/Conv1D modules fake-quantized", scheme.act_bits, hooked)
     total = sum(p.numel() for p in {id(p): p for p in _all_tensors(model)}.values())
     return QuantReport(scheme.describe(), list(include), list(exclude), reports, total, time.perf_counter() - t0)
+
+
+class ActFakeQuant(nn.Module):
+    """Forward pre-hook: the layer's input x -> per-tensor symmetric fake-quantized x (primitives.act_fake_quant),
+    value exact, gradient 1 to x (STE)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        q = act_fake_quant(x.detach(), self.bits)
+        return (q + (x - x.detach()), *args[1:])
+
+
+def quantize_activations(model: nn.Module, weight_names: list[str], bits: int) -> int:
+    """Register ActFakeQuant on the Linear/Conv1D modules owning `weight_names` (once per module); returns how many."""
+    done = set()
+    for name in weight_names:
+        mod = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        if isinstance(mod, nn.Linear | Conv1D) and id(mod) not in done:
+            done.add(id(mod))
+            mod.register_forward_pre_hook(ActFakeQuant(bits))
+    return len(done)
 
 
 def _all_tensors(model: nn.Module):

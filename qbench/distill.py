@@ -1,0 +1,185 @@
+"""Distillation for quantization-aware training (paper B, Tao et al. 2022): `distill=kd | tcd | kd_tcd`.
+
+The teacher is the full-precision model fine-tuned on the same task, from the FP cache of
+`qbench.pipeline.finetuned_fp` (fine-tuned once there if missing; never per cell), in eval mode without gradients.
+loss = task_weight · task + kd_weight · kd + tcd_weight · tcd, where
+- kd: logit distillation, soft cross-entropy -Σ softmax(t/T) · log_softmax(s/T), times T², averaged over examples
+  (language models: over the non-padding tokens); regression heads (one output): mean squared error;
+- tcd: token-level contrastive distillation, InfoNCE with temperature τ: for each non-padding token of the student,
+  the teacher's representation of the same token (same sequence, same position) is the positive, the teacher's
+  other tokens of the batch (`in_batch`) and a FIFO memory bank of past teacher tokens (`bank_size`) are the
+  negatives; states of hidden layer `layer` (decoder states for encoder-decoder models), L2-normalised, the
+  student's optionally through a trained linear `projection`.
+Each component is logged (loss_task, loss_kd, loss_tcd) and its mean over training goes to the record
+(training.qat.loss_components).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer
+
+from qbench.errors import QbenchError
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    name: str = "none"
+    task_weight: float = 1.0
+    kd_weight: float = 0.0
+    tcd_weight: float = 0.0
+    temperature: float = 1.0
+    tau: float = 0.1
+    layer: int = -1
+    in_batch: bool = True
+    bank_size: int = 0
+    projection: bool = False
+
+    def __post_init__(self) -> None:
+        for k in ("task_weight", "kd_weight", "tcd_weight", "bank_size"):
+            if getattr(self, k) < 0:
+                raise QbenchError(f"distill.{k} must be >= 0, got {getattr(self, k)!r}")
+        if not (self.temperature > 0 and self.tau > 0):
+            raise QbenchError("distill.temperature and distill.tau must be > 0")
+        if self.tcd_weight and not self.in_batch and not self.bank_size:
+            raise QbenchError("distill: tcd needs negatives: in_batch=true or bank_size > 0")
+
+    @classmethod
+    def from_config(cls, cfg) -> DistillSpec:
+        d = dict(cfg or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise QbenchError(f"distill: unknown key(s) {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.kd_weight or self.tcd_weight)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask=None) -> torch.Tensor:
+    """T² · mean soft cross-entropy of the student's tempered distribution against the teacher's, over the last
+    dimension; `mask` (like logits without the class dimension) selects the scored rows (tokens). One output
+    (regression): mean squared error."""
+    if mask is not None:
+        student, teacher = student[mask.bool()], teacher[mask.bool()]
+    if student.shape[-1] == 1:
+        return F.mse_loss(student, teacher.detach())
+    t = temperature
+    ce = -(F.softmax(teacher.detach() / t, -1) * F.log_softmax(student / t, -1)).sum(-1)
+    return ce.mean() * t * t
+
+
+def tcd_loss(student: torch.Tensor, teacher: torch.Tensor, mask=None, tau: float = 0.1, bank=None,
+             in_batch: bool = True) -> torch.Tensor:  # fmt: skip
+    """InfoNCE over tokens: student (..., d) and teacher (..., d) states of the same tokens, `mask` (...) selects
+    the non-padding ones. Row i: logits z_s[i]·z_t[j]/τ over j = the batch's teacher tokens (only j = i, the
+    positive, when not in_batch) then the `bank` rows (already normalised teacher tokens); cross-entropy with
+    target i, mean over the student tokens."""
+    d = student.shape[-1]
+    if mask is not None:
+        student, teacher = student[mask.bool()], teacher[mask.bool()]
+    zs = F.normalize(student.reshape(-1, d), dim=-1)
+    zt = F.normalize(teacher.detach().reshape(-1, d), dim=-1)
+    if in_batch:
+        logits, target = zs @ zt.t(), torch.arange(len(zs), device=zs.device)
+    else:
+        logits, target = (zs * zt).sum(-1, keepdim=True), torch.zeros(len(zs), dtype=torch.long, device=zs.device)
+    if bank is not None and len(bank):
+        logits = torch.cat([logits, zs @ bank.t()], 1)
+    return F.cross_entropy(logits / tau, target)
+
+
+def token_mask(model, inputs: dict) -> torch.Tensor | None:
+    """Which positions are real tokens: decoder tokens with a label (encoder-decoder), else the attention mask."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return inputs["labels"] != -100
+    return inputs.get("attention_mask")
+
+
+def hidden(out, layer: int) -> torch.Tensor:
+    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+    return states[layer]
+
+
+class DistillTrainer(Trainer):
+    """HF Trainer whose loss is task_weight·task + kd_weight·kd + tcd_weight·tcd against a frozen teacher."""
+
+    def __init__(self, *args, teacher: nn.Module, spec: DistillSpec, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.spec, self.bank = spec, None
+        dims = (self.model.config.get_text_config().hidden_size, teacher.config.get_text_config().hidden_size)
+        self.proj = nn.Linear(*dims).to(self.args.device) if spec.projection and spec.tcd_weight else None
+        self._window, self._total = defaultdict(float), defaultdict(float)
+        self._n_window = self._n_total = 0
+
+    def create_optimizer(self, model=None):
+        opt = super().create_optimizer(model)
+        if self.proj is not None and not any(p is self.proj.weight for g in opt.param_groups for p in g["params"]):
+            opt.add_param_group({"params": list(self.proj.parameters()), "weight_decay": 0.0})
+        return opt
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        s, want_hidden = self.spec, bool(self.spec.tcd_weight)
+        out = model(**inputs, output_hidden_states=want_hidden)
+        with torch.no_grad():
+            t_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+        mask = token_mask(model, inputs)
+        parts = {"task": out.loss}
+        if s.kd_weight:
+            parts["kd"] = kd_loss(out.logits, t_out.logits, s.temperature, mask if out.logits.dim() == 3 else None)
+        if s.tcd_weight:
+            hs, ht = hidden(out, s.layer), hidden(t_out, s.layer)
+            hs = self.proj(hs) if self.proj is not None else hs
+            parts["tcd"] = tcd_loss(hs, ht, mask, s.tau, self.bank, s.in_batch)
+            if s.bank_size:
+                zt = F.normalize((ht[mask.bool()] if mask is not None else ht).reshape(-1, ht.shape[-1]), dim=-1)
+                self.bank = torch.cat([zt.detach(), self.bank])[: s.bank_size] if self.bank is not None else zt[
+                    : s.bank_size].detach()  # fmt: skip
+        weights = {"task": s.task_weight, "kd": s.kd_weight, "tcd": s.tcd_weight}
+        loss = sum(weights[k] * v for k, v in parts.items())
+        if model.training:
+            for k, v in parts.items():
+                x = v.detach().item()
+                self._window[k] += x
+                self._total[k] += x
+            self._n_window += 1
+            self._n_total += 1
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._n_window:
+            logs.update({f"loss_{k}": v / self._n_window for k, v in self._window.items()})
+            self._window.clear()
+            self._n_window = 0
+        super().log(logs, start_time)
+
+    @property
+    def loss_components(self) -> dict[str, float]:
+        """Mean of each loss component (unweighted) over all training batches, and the weights."""
+        means = {k: v / self._n_total for k, v in self._total.items()} if self._n_total else {}
+        return {**means, "weights": {"task": self.spec.task_weight, "kd": self.spec.kd_weight,
+                                     "tcd": self.spec.tcd_weight}}  # fmt: skip
+
+
+def teacher_options(cfg, task, kind, tok, data, options: dict) -> tuple[dict, dict]:
+    """finetune() keyword arguments for distilled QAT (`options` plus the DistillTrainer and its teacher) and the
+    teacher's training info for the record. The teacher comes from the FP cache (fine-tuned there once if missing)."""
+    from qbench.pipeline import finetuned_fp
+    from qbench.sweep import fp_cache_dir
+    from qbench.train import finetune
+
+    spec = DistillSpec.from_config(cfg.distill)
+    cached = (fp_cache_dir(cfg) / "training.json").is_file()
+    model = None if cached else kind.load_model(cfg.model, task, cfg.seed)[0]
+    fit = lambda: finetune(model, data[task.train_split][1], kind.collator(tok), cfg.train, cfg.seed, cfg.device)
+    teacher, info = finetuned_fp(cfg, task, kind, model, tok, fit)
+    info = {k: v for k, v in info.items() if k != "loss_curve"}
+    return {**options, "trainer_cls": DistillTrainer, "teacher": teacher, "spec": spec}, {**info, "distill": spec.name}

@@ -1,0 +1,125 @@
+"""Abstractive summarization (XSum, CNN/DailyMail) with an encoder-decoder (BART): fine-tune with teacher forcing,
+generate with beam search, score ROUGE-1/2/L (rouge-score, stemming on, F-measure x 100).
+
+Settings (task.generation.*): num_beams, max_source_length (document tokens, truncated; null = the model's
+maximum, e.g. 1024 for BART), max_target_length
+(reference tokens in training and the most tokens generated), min_target_length, length_penalty,
+no_repeat_ngram_size, batch_size (documents per generate call), samples (generated summaries kept in the record).
+Every generated summary is in predictions.jsonl (save_predictions=true); the first `samples` also in the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from omegaconf import DictConfig
+
+from qbench.data import load_task_data, split_file
+from qbench.errors import QbenchError
+from qbench.lmeval import eval_device, pad_collator, rouge
+from qbench.models import load_model as _load
+from qbench.models import load_tokenizer
+from qbench.tasks import TaskSpec
+
+DEFAULTS = {"num_beams": 4, "max_source_length": None, "max_target_length": 64, "min_target_length": 0,
+            "length_penalty": 1.0, "no_repeat_ngram_size": 3, "batch_size": 8, "samples": 5}  # fmt: skip
+
+
+def gen(task: TaskSpec) -> dict:
+    return {**DEFAULTS, **{k: v for k, v in task.generation.items() if v is not None}}
+
+
+def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
+    from transformers import AutoModelForSeq2SeqLM
+
+    tok = load_tokenizer(model_cfg)
+    model = _load(model_cfg, AutoModelForSeq2SeqLM, seed)
+    c = model.config
+    if c.pad_token_id is None:
+        c.pad_token_id = tok.pad_token_id
+    if c.decoder_start_token_id is None:
+        c.decoder_start_token_id = tok.eos_token_id
+    tok.model_max_length = c.max_position_embeddings  # the source-length limit (default of max_source_length)
+    return model, tok
+
+
+def source_length(task: TaskSpec, tok) -> int:
+    """task.generation.max_source_length, default (null) the model's maximum (tok.model_max_length, set by
+    load_model); more than the model's maximum is an error."""
+    n = task.generation.get("max_source_length") or tok.model_max_length
+    if n > tok.model_max_length:
+        raise QbenchError(f"task.generation.max_source_length={n} exceeds the model's maximum {tok.model_max_length}")
+    return int(n)
+
+
+def encode_ids(tok, text: str, max_len: int) -> list[int]:
+    """Tokenize with the tokenizer's special tokens, truncated to max_len, ending in EOS (GPT-2's BPE adds none)."""
+    ids = tok(text, truncation=True, max_length=max_len, verbose=False)["input_ids"]
+    if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
+        ids = ids[: max_len - 1] + [tok.eos_token_id]
+    return ids
+
+
+def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
+    import datasets
+
+    tr, g = cfg.train, gen(task)
+    src_len = g["max_source_length"] = source_length(task, tok)
+    raw = load_task_data(task, cfg.data_dir, need_train, tr.max_train_examples, tr.max_eval_examples, cfg.seed)
+    doc, summ = task.text_fields
+    out = {}
+    for split, ds in raw.items():
+        enc = datasets.Dataset.from_dict({
+            "input_ids": [encode_ids(tok, d, src_len) for d in ds[doc]],
+            "labels": [encode_ids(tok, s, g["max_target_length"]) for s in ds[summ]],
+        })  # fmt: skip
+        out[split] = (ds, enc)
+    return out
+
+
+def collator(tok):
+    return pad_collator(tok)
+
+
+def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
+    import torch
+    from torch.nn.utils import parametrize
+
+    g, device = gen(task), eval_device(cfg)
+    model.to(device).eval()
+    collate = pad_collator(tok)
+    doc, summ = task.text_fields
+    metrics, rows = {}, []
+    for split in task.eval_splits:
+        raw, enc = data[split]
+        preds = []
+        for i in range(0, len(enc), g["batch_size"]):
+            batch = collate([{"input_ids": enc[j]["input_ids"]} for j in range(i, min(i + g["batch_size"], len(enc)))])
+            with torch.no_grad(), parametrize.cached():  # quantized weights once per batch, not per decoding step
+                out = model.generate(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    num_beams=g["num_beams"], max_new_tokens=g["max_target_length"],
+                    min_new_tokens=g["min_target_length"], length_penalty=g["length_penalty"],
+                    no_repeat_ngram_size=g["no_repeat_ngram_size"], early_stopping=True,
+                )  # fmt: skip
+            preds += [p.strip() for p in tok.batch_decode(out, skip_special_tokens=True)]
+        refs = list(raw[summ])
+        metrics[split] = {**rouge(preds, refs), "examples": len(preds),
+                          "mean_generated_words": sum(len(p.split()) for p in preds) / max(len(preds), 1)}  # fmt: skip
+        ids = raw[task.id_field] if task.id_field in raw.column_names else range(len(preds))
+        rows += [{"split": split, "id": i, "reference": r, "prediction": p}
+                 for i, r, p in zip(ids, refs, preds, strict=True)]  # fmt: skip
+    return metrics, rows
+
+
+def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list[dict]) -> dict:
+    g = gen(task)
+    return {
+        "metric": "ROUGE-1/2/L F-measure x 100, mean over examples; rouge-score package, use_stemmer=True, its "
+        "default tokenizer (lowercase, non-alphanumerics removed); rougeL = summary-level LCS without "
+        "sentence splitting",
+        "generation": {**{k: v for k, v in g.items() if k != "samples"}, "max_source_length": source_length(task, tok)},
+        "sources": {s: str(split_file(task, s, cfg.data_dir) or task.hub) for s in data},
+        "samples": rows[: g["samples"]],
+        "model_note": cfg.model.get("note"),
+    }

@@ -1,0 +1,51 @@
+"""PACT (Choi et al. 2018) for weights, as paper B's baseline: a learned clipping value α per module.
+
+Weights are clipped to [-α, α] and quantized symmetrically (α·{-n..n}/n, 2 bits = ternary) with the STE. PACT's
+gradient: the latent weight gets the upstream gradient where |w| < α (0 where clipped); α gets sign(w) times the
+upstream gradient only from the clipped weights (|w| >= α): d clip(w, -α, α) / dα.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from qbench.errors import QbenchError
+from qbench.quant import primitives as P
+from qbench.quant.clipped import ScaledFakeQuant, lsq_init_clip
+from qbench.quant.schemes import Scheme
+
+
+@dataclass(frozen=True)
+class PACT(Scheme):
+    name: ClassVar[str] = "pact"
+    alpha_init: float | None = None  # α0 = alpha_init · mean|w|; None = 2·sqrt(n)·mean|w| (LSQ's initial range)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha_init is not None and not self.alpha_init > 0:
+            raise QbenchError(f"scheme.alpha_init must be > 0 or null, got {self.alpha_init!r}")
+
+    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+        mean = weight.detach().abs().mean().item()
+        alpha = self.alpha_init * mean if self.alpha_init is not None else lsq_init_clip(weight, self.bits)
+        return PACTQuant(self.bits, transposed, alpha or 1e-8)
+
+    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
+        return 3 * 32  # fp32 step + the two level constants, per tensor
+
+
+class PACTQuant(ScaledFakeQuant):
+    def __init__(self, bits: int, transposed: bool, alpha: float):
+        super().__init__(bits, transposed)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+
+    def step(self, w: torch.Tensor) -> torch.Tensor:
+        return self.alpha.abs() / P.sym_levels(self.bits)
+
+    def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        a = self.alpha.abs()
+        return torch.where(w >= a, a, torch.where(w <= -a, -a, w))  # clip: d/dα = ±1 on clipped weights only
