@@ -79,7 +79,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     print(
         f"# k-means benchmark ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; init=linear max_iter=100"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; init=linear max_iter=100; "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (timings are wall-clock)"
     )
     print(f"# scikit-learn subset: first tensor of each shape per model with <= {cap} weights")
     models = {"bert-base(random)": bert_base_tensors(args.quick), "minilm-l6(real)": minilm_tensors(args.quick)}

@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 
 
+def fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}" if v < 1e5 else f"{v:.1e}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root", nargs="?", default="results/sweeps/smollm2_ptq")
@@ -32,7 +36,7 @@ def main() -> None:
     print("|---" * (2 + 2 * len(bits)) + "|")
     for t in tasks:
         vals = [cells.get((t, "none", None))] + [cells.get((t, s, b)) for b in bits for s in ("linear", "kmeans")]
-        print(f"| {t} | " + " | ".join("–" if v is None else f"{v:,.2f}" for v in vals) + " |")
+        print(f"| {t} | " + " | ".join(fmt(v) for v in vals) + " |")
     for t, split, c, s, cap, n in sorted(notes, key=str):
         print(f"\n{t}: {split} split, context {c}, stride {s}, max_eval_tokens {cap}, tokens scored {n}", end="")
     print()

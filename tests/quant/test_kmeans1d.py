@@ -154,3 +154,36 @@ def test_rejects_bad_input():
         kmeans_1d(torch.tensor([0.0, float("nan")]), 2)
     with pytest.raises(ValueError):
         kmeans_1d(torch.randn(10), 2, init="bogus")
+
+
+@pytest.mark.parametrize("case", ["gaussian", "outliers", "duplicates", "zeros", "constant", "float64"])
+def test_fast_labels_match_binary_search(case):
+    """The table-driven labelling of kmeans_1d equals a binary search over the midpoints, for any data."""
+    import numpy as np
+
+    from qbench.quant.kmeans1d import _ceil_to, _labels
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(20_000, generator=g) * 0.02
+    if case == "outliers":  # a few far values stretch the value range: many boundaries per table cell
+        x[:5] = torch.tensor([50.0, -80.0, 1e4, -3e5, 7.0])
+    elif case == "duplicates":
+        x = torch.randint(-30, 31, (20_000,), generator=g).float() / 7
+    elif case == "zeros":
+        x[::3] = 0.0
+        x[1::7] = -0.0
+    elif case == "constant":
+        x = torch.full((10_000,), 0.25)
+    elif case == "float64":
+        x = x.double()
+    flat = x.numpy()
+    xs = np.sort(flat)
+    for k in (2, 16, 256):
+        c = np.sort(torch.randn(k, generator=g, dtype=torch.float64).numpy()) * float(x.std() + 0.01)
+        mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+        assert np.array_equal(_labels(flat, xs, mids), np.searchsorted(mids, flat, side="right"))
+        r = kmeans_1d(x, k, "linear", max_iter=20)
+        assert torch.equal(r.labels, assign(x, r.centroids))
+        # the SSE comes from prefix sums (sum x^2 minus the fit): absolute error ~1e-16..1e-14 sum(x^2)
+        tol = 1e-5 * _sse(x, r.centroids, r.labels) + 1e-13 * float((x.double() ** 2).sum())
+        assert r.sse == pytest.approx(_sse(x, r.centroids, r.labels), abs=tol)
