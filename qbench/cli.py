@@ -119,8 +119,8 @@ def run_command(args: list[str]) -> None:
 
 
 def job(cfg) -> float | None:
-    """One Hydra job: skip a completed cell, else run the pipeline; a user error exits 2, a crash leaves a
-    'failed' record (and a multirun goes on)."""
+    """One Hydra job: skip a completed cell, else run the pipeline. A single run's user error exits 2 with no
+    record; a crash, or any error of one cell of a multirun, leaves a 'failed' record and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -133,15 +133,15 @@ def job(cfg) -> float | None:
         log.info("skip %s: this configuration already has a completed record (force=true reruns it)", run_dir.name)
         print(f"skip (completed): {run_dir / 'record.json'}")
         return done["main_metric"]["value"]
-    started = datetime.now(timezone.utc)
+    started, multirun = datetime.now(timezone.utc), hc.mode == RunMode.MULTIRUN
     try:
         record = run(cfg, run_dir)
-    except QbenchError as e:
-        fail(str(e))
-    except Exception as e:  # a crash: record it; a multirun goes on with the next cell
+    except Exception as e:
+        if isinstance(e, QbenchError) and not multirun:
+            fail(str(e))
         failed_record(cfg, run_dir, e, started, hc.runtime.choices["scheme"])
-        log.exception("run failed; record written to %s", run_dir / "record.json")
-        if hc.mode == RunMode.MULTIRUN:
+        log.error("cell failed (%s); record written to %s", e, run_dir / "record.json", exc_info=True)
+        if multirun:
             return None
         raise
     m = record["main_metric"]

@@ -17,6 +17,7 @@ from qbench.errors import QbenchError
 from qbench.models import check_available
 from qbench.quant.schemes import NoQuant, Scheme
 from qbench.record import SCHEMA_VERSION, Timer, git_sha, versions, write_json_atomic, write_jsonl
+from qbench.sweep import cell_id
 from qbench.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
         cause = e.__cause__
         while cause is not None and not isinstance(cause, QbenchError):
             cause = cause.__cause__
-        raise (cause or QbenchError(f"scheme: {str(e).splitlines()[-1]}")) from None
+        raise (cause or QbenchError(f"scheme: {e.__cause__ or e}".splitlines()[0])) from None
     return scheme
 
 
@@ -106,6 +107,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record = {
         "schema": SCHEMA_VERSION,
         "status": "completed",
+        "cell_id": cell_id(cfg),
         "model": cfg.model.name,
         "task": task.name,
         "scheme": quant or scheme.describe(),
@@ -170,6 +172,7 @@ def failed_record(cfg: DictConfig, run_dir: Path, error: BaseException, started:
     record = {
         "schema": SCHEMA_VERSION,
         "status": "failed",
+        "cell_id": cell_id(cfg),
         "error": f"{type(error).__name__}: {error}",
         "traceback": traceback.format_exception(error)[-5:],
         "model": cfg.model.name,

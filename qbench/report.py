@@ -31,10 +31,12 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
                 "model": r["model"], "task": r["task"], "scheme": scheme_label(r), "bits": s.get("bits"),
                 "order": r.get("order"), "seed": r.get("seed"), "metric": m["name"], "split": m["split"],
                 "value": m["value"], "effective_bits": s.get("effective_bits") or 32.0, "path": str(f.parent),
+                "cell_id": r.get("cell_id") or str(f.parent), "finished": r.get("finished", ""),
             })  # fmt: skip
     if not rows:
         raise QbenchError(f"no completed record.json under {', '.join(map(str, paths))}")
-    df = pd.DataFrame(rows)
+    # the same cell found twice (copied or rerun folders) counts once: its latest record
+    df = pd.DataFrame(rows).sort_values("finished").drop_duplicates("cell_id", keep="last")
     df["bits"] = df["bits"].astype("Int64")
     return df
 

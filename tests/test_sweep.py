@@ -97,3 +97,14 @@ def test_parallel_launcher_runs_cells(tmp_path):
                f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert sorted(read_record(f.parent)["scheme"]["bits"] for f in tmp_path.glob("*/record.json")) == [2, 4]
+
+
+def test_a_cells_user_error_is_recorded_and_the_sweep_goes_on(tmp_path, data_dir):
+    # the local mirror has no QQP validation split: that cell fails, RTE still runs
+    p = qbench("run", "-m", "train=debug", "train.max_eval_examples=16", "model=tiny_bert", "task=rte,qqp",
+               "train.order=zeroshot", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    records = {r["task"]: r for r in (json.loads(f.read_text()) for f in tmp_path.glob("*/record.json"))}
+    assert records["rte"]["status"] == "completed"
+    assert records["qqp"]["status"] == "failed" and "qqp/validation.parquet" in records["qqp"]["error"]
+    assert records["qqp"]["cell_id"].startswith("tiny_bert-qqp-kmeans-b2-s42-")
