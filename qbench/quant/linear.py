@@ -41,6 +41,18 @@ class Linear(Scheme):
         return 2 * 32 * P.n_groups(shape2d, self.granularity, self.group_size)  # fp32 scale + offset per group
 
 
+class StraightThrough(torch.autograd.Function):
+    """Forward: the quantized tensor q as it is; backward: the gradient goes to the latent w unchanged (STE)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return q
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class LinearFakeQuant(nn.Module):
     """w -> dequant(quant(w)) in the forward pass; the gradient passes straight through to the latent w (STE)."""
 
@@ -55,9 +67,9 @@ class LinearFakeQuant(nn.Module):
         return (q2d.t() if self.transposed else q2d).reshape(w.shape)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        # value exactly quantized(w) (w - w.detach() is 0; `w + (q - w).detach()` is off by an ulp for ~1% of
-        # weights), gradient 1 to w; so a packed export computes exactly what was trained and evaluated
-        return self.quantized(w) + (w - w.detach())
+        # value exactly quantized(w) (`w + (q - w).detach()` is off by an ulp for ~1% of weights), gradient 1 to
+        # w; so a packed export computes exactly what was trained and evaluated
+        return StraightThrough.apply(w, self.quantized(w))
 
     # export hooks (qbench.quant.packing.Packable): codes in the grouped (groups, elements) order of `quantized`
     @property

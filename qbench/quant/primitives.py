@@ -41,7 +41,7 @@ def linear_qparams(g: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.T
         qmax = 2 ** (bits - 1) - 1
         s = g.abs().amax(1, keepdim=True) / qmax
         return s, -qmax * s
-    lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+    lo, hi = torch.aminmax(g, dim=1, keepdim=True)  # one pass
     return (hi - lo) / (2**bits - 1), lo
 
 
@@ -57,8 +57,10 @@ def linear_fake_quant(
     """Quantize-dequantize w2d (rows, cols) uniformly; returns a tensor of the same shape and dtype."""
     g = grouped(w2d, granularity, group_size)
     scale, offset = linear_qparams(g, bits, symmetric)
-    q = linear_codes(g, scale, offset, bits)
-    return (offset + scale * q).to(w2d.dtype).reshape(w2d.shape)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # = offset + scale * linear_codes(...), bit for bit, in one buffer (this runs on every training step)
+    q = (g - offset).div_(safe).round_().clamp_(0, 2**bits - 1)
+    return q.mul_(scale).add_(offset).to(w2d.dtype).reshape(w2d.shape)
 
 
 def n_groups(shape2d: tuple[int, int], granularity: str, group_size: int) -> int:

