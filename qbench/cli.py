@@ -18,12 +18,13 @@ from qbench.errors import QbenchError
 
 log = logging.getLogger("qbench")
 GROUPS = ("model", "task", "scheme", "train", "distill", "experiment")
-COMMANDS = {"run": "quantize, fine-tune and evaluate one configuration (or a sweep with -m)"}
-COMMANDS["export"] = "write the packed low-bit checkpoint of a run (qbench export RUN_DIR)"
-COMMANDS["size"] = "bytes on disk and compression ratios of a model/scheme/bits, offline (qbench size model=gpt2)"
-COMMANDS["table"] = "paper-shaped tables (Markdown, LaTeX, CSV) from records (qbench table results/sweeps/STUDY)"
-COMMANDS["plot"] = "metric vs bits and vs effective bits, PNG and SVG, from records"
-
+COMMANDS = {
+    "run": "quantize, fine-tune and evaluate one configuration (or a sweep with -m)",
+    "export": "write the packed low-bit checkpoint of a run (qbench export RUN_DIR)",
+    "size": "bytes on disk and compression ratios of a model/scheme/bits, offline (qbench size model=gpt2)",
+    "table": "paper-shaped tables (Markdown, LaTeX, CSV) from records (qbench table results/sweeps/STUDY)",
+    "plot": "metric vs bits and vs effective bits, PNG and SVG, from records",
+}
 
 
 def _cell_id(*, _root_) -> str:
@@ -170,9 +171,11 @@ def size_command(args: list[str]) -> None:
     from qbench.export import size_of_config
 
     if any(a in ("-h", "--help") for a in args):
-        print("usage: qbench size [model=... scheme=... bits=... key=value ...]\n\nBuilds the model at full size "
-              "from its yaml's arch: (random weights, offline), quantizes it, packs it to a temporary file and prints "
-              "bytes and ratios; the last line is ratio_fp32=<x> ratio_paper=<y> (paper B: Tao et al. 2022).")
+        print(
+            "usage: qbench size [model=... scheme=... bits=... key=value ...]\n\nBuilds the model at full size "
+            "from its yaml's arch: (random weights, offline), quantizes it, packs it to a temporary file and prints "
+            "bytes and ratios; the last line is ratio_fp32=<x> ratio_paper=<y> (paper B: Tao et al. 2022)."
+        )
         return
     first = check_overrides(args, full=False)
     with initialize_config_module("qbench.conf", version_base="1.3"):

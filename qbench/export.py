@@ -382,8 +382,9 @@ def arch_model(model_cfg: Mapping, seed: int = 0) -> nn.Module:
     arch = dict(arch)
     kwargs = {"num_labels": 2} if family == "encoder" else {}
     torch.manual_seed(seed)
-    return getattr(transformers, FAMILIES[family]).from_config(AutoConfig.for_model(arch.pop("model_type"), **arch,
-                                                                                    **kwargs))
+    return getattr(transformers, FAMILIES[family]).from_config(
+        AutoConfig.for_model(arch.pop("model_type"), **arch, **kwargs)
+    )
 
 
 def size_table(s: dict, title: str = "") -> str:
