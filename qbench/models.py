@@ -144,7 +144,9 @@ def load_model(model_cfg: Mapping, auto_cls, seed: int, **kwargs):
     if model_cfg.get("config"):
         cfg = dict(model_cfg["config"])
         return auto_cls.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg, **kwargs))
-    return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", **kwargs)
+    # float32 master weights whatever the checkpoint stores: transformers 5 loads a bf16/fp16 file in its own
+    # dtype, and Trainer would then train (and quantize) in half precision, which diverges
+    return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", dtype=torch.float32, **kwargs)
 
 
 def weight_sharing(model) -> dict | None:

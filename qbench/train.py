@@ -44,8 +44,10 @@ def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str, 
     out = trainer.train()
     curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     loss = out.training_loss
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss}")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if not math.isfinite(loss) or bad:  # Trainer logs a NaN loss as 0: check the weights too
+        raise FloatingPointError(f"training diverged: loss {loss}, non-finite weights in {len(bad)} tensors "
+                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")  # fmt: skip
     return {
         "loss": loss,
         "steps": out.global_step,

@@ -112,7 +112,7 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
         w = module.weight
         transposed = isinstance(module, Conv1D)
         s = scheme.for_embedding() if isinstance(module, nn.Embedding) else scheme
-        p = s.parametrization(w.detach(), transposed)
+        p = s.parametrization(w.detach(), transposed).to(w.device)  # k-means codebooks are fitted on the CPU
         with torch.no_grad():
             wq = p(w.detach())
         parametrize.register_parametrization(module, "weight", p, unsafe=True)
