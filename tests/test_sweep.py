@@ -92,6 +92,26 @@ def test_launchers_and_experiments_compose():
         assert len(params.task.split(",")) == 9 and params.bits == "1,2,3,4,5,6,7,8"
 
 
+def test_paper_b_cpu_experiments_compose_to_valid_cells():
+    """Every cell of the CPU paper B grids builds its scheme (2-2-8) and distillation spec."""
+    from qbench.distill import DistillSpec
+    from qbench.pipeline import validate
+
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        for name, model, task, order in [("paper_b_minilm_cpu", "minilm", "sst2", "ft_then_qat"),
+                                         ("paper_b_cpu", "smollm2", "ptb", "qat")]:  # fmt: skip
+            exp = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+            assert (exp.model.name, exp.task.name, exp.train.order) == (model, task, order)
+            grid = {k: v.split(",") for k, v in exp.hydra.sweeper.params.items()}
+            assert {"pact", "lsq", "mds"} <= set(grid["scheme"])
+            for scheme in grid["scheme"]:
+                for distill in grid.get("distill", ["none"]) + ["kd_tcd"]:
+                    cfg = compose("config", overrides=[f"+experiment={name}", f"scheme={scheme}", f"distill={distill}"])
+                    _, built = validate(cfg)
+                    assert built.wea == "2-2-8"
+                    assert DistillSpec.from_config(cfg.distill).active == (distill != "none")
+
+
 def test_parallel_launcher_runs_cells(tmp_path):
     p = qbench("run", "-m", "hydra/launcher=local_parallel", *DEBUG, "scheme=linear", "bits=2,4",
                f"hydra.sweep.dir={tmp_path}")  # fmt: skip
