@@ -95,7 +95,7 @@ def test_launchers_and_experiments_compose():
 def test_paper_b_cpu_experiments_compose_to_valid_cells():
     """Every cell of the CPU paper B grids builds its scheme (2-2-8) and distillation spec."""
     from qbench.distill import DistillSpec
-    from qbench.pipeline import validate
+    from qbench.pipeline import build_scheme
 
     with initialize_config_module("qbench.conf", version_base="1.3"):
         for name, model, task, order in [("paper_b_minilm_cpu", "minilm", "sst2", "ft_then_qat"),
@@ -107,8 +107,7 @@ def test_paper_b_cpu_experiments_compose_to_valid_cells():
             for scheme in grid["scheme"]:
                 for distill in grid.get("distill", ["none"]) + ["kd_tcd"]:
                     cfg = compose("config", overrides=[f"+experiment={name}", f"scheme={scheme}", f"distill={distill}"])
-                    _, built = validate(cfg)
-                    assert built.wea == "2-2-8"
+                    assert build_scheme(cfg).wea == "2-2-8"  # (SmolLM2's weights are an optional package)
                     assert DistillSpec.from_config(cfg.distill).active == (distill != "none")
 
 
