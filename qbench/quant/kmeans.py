@@ -54,6 +54,24 @@ class KMeans(Scheme):
         return 32 * 2**self.bits  # one fp32 codebook per tensor
 
 
+class _Gather(torch.autograd.Function):
+    """centroids[labels]; backward sums each centroid's gradient over its members with one index_add_ pass.
+    (F.embedding's backward does the same sum ~30x slower on CPU for a 4-row table and MiniLM's 11.7M word-embedding
+    indices.)"""
+
+    @staticmethod
+    def forward(ctx, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(labels)
+        ctx.k = centroids.numel()
+        return F.embedding(labels, centroids[:, None]).reshape(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (labels,) = ctx.saved_tensors
+        sums = grad.new_zeros(ctx.k).index_add_(0, labels.reshape(-1), grad.reshape(-1))  # int32 index is supported
+        return sums, None
+
+
 class Codebook(nn.Module):
     """Quantized weight = centroids[labels]; the latent weight is ignored (and frozen) once clustered."""
 
@@ -63,8 +81,8 @@ class Codebook(nn.Module):
         self.register_buffer("labels", labels.to(torch.int32))  # weight's shape; int32 halves int64's memory
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        # embedding() gathers and, backwards, sums the gradients of all weights sharing a centroid
-        return F.embedding(self.labels, self.centroids[:, None]).reshape(self.labels.shape)
+        # gathers; backwards, the gradients of all weights sharing a centroid are summed
+        return _Gather.apply(self.centroids, self.labels)
 
     # export hooks (qbench.quant.packing.Packable): codes = labels, codebook = centroids
     @property
