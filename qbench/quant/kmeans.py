@@ -57,7 +57,7 @@ class KMeans(Scheme):
 class _Gather(torch.autograd.Function):
     """centroids[labels]; backward sums each centroid's gradient over its members with one index_add_ pass.
     (F.embedding's backward does the same sum ~30x slower on CPU for a 4-row table and MiniLM's 11.7M word-embedding
-    indices.)"""
+    indices.) On CUDA, index_add_ may sum in a nondeterministic order (PyTorch's reproducibility notes)."""
 
     @staticmethod
     def forward(ctx, centroids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
