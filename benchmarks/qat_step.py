@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from qbench.models import resolve
+from qbench.models import load_model
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
 from qbench.quant.wiring import quantize_model
@@ -27,8 +27,9 @@ CONFIGS = {"fp32": None, "linear 2-bit": Linear(bits=2), "kmeans 2-bit": KMeans(
 
 
 def build(scheme, path: str, device: torch.device):
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve(path), num_labels=2).to(device)
+    # qbench's loader: float32 master weights whatever dtype the checkpoint stores
+    model = load_model({"name": "minilm", "name_or_path": path, "config": None}, AutoModelForSequenceClassification,
+                       0, num_labels=2).to(device)  # fmt: skip
     if scheme is not None:
         quantize_model(model, scheme, INCLUDE, [])
     model.train()
