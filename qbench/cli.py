@@ -61,20 +61,17 @@ def top_help() -> str:
     return "\n".join(lines)
 
 
-def check_overrides(args: list[str], full: bool = True) -> list[str]:
-    """Validate group choices (one line listing the valid names), reject bits with only scheme=none, compose
-    the first cell of the sweep and validate it; returns the overrides of that first cell."""
-    from hydra import compose, initialize_config_module
+def first_cell(args: list[str]) -> tuple[list[str], set[str], list[str]]:
+    """Parse key=value overrides, check group choices (one line listing the valid names); returns the overrides
+    of the first cell of the sweep, the keys given and the schemes swept."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    kv = [a for a in args if not a.startswith("-")]
     try:
-        parsed = OverridesParser.create().parse_overrides(kv)
+        parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as e:
         fail(f"cannot parse overrides: {str(e).splitlines()[0]}")
-    first, bits_given, schemes = [], False, ["kmeans"]
+    first, keys, schemes = [], set(), ["kmeans"]
     for o in parsed:
         key = o.get_key_element().lstrip("+~")
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
@@ -82,21 +79,44 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
             for v in values:
                 if v not in options(key):
                     fail(f"unknown {key} {v!r}; valid: {', '.join(options(key))}")
-        bits_given |= key == "bits"
+        keys.add(key)
         schemes = values if key == "scheme" else schemes
         if not key.startswith("hydra"):
             first.append(f"{o.get_key_element()}={values[0]}")
+    return first, keys, schemes
+
+
+def compose_cell(overrides: list[str], hydra: bool = False):
+    """The composed config of `overrides` (with Hydra's node when `hydra`); a composition error exits 2."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         with initialize_config_module("qbench.conf", version_base="1.3"):
-            cfg = compose("config", overrides=first)
+            return compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as e:
         fail(str(e).strip().splitlines()[0])
+
+
+def check_overrides(args: list[str], full: bool = True) -> list[str]:
+    """Validate group choices, reject bits with only scheme=none, compose the first cell of the sweep (an
+    experiment's own sweep, hydra.sweeper.params, included) and validate it; returns that first cell's overrides."""
+    from hydra.types import RunMode
+
+    first, given, schemes = first_cell([a for a in args if not a.startswith("-")])
+    cfg = compose_cell(first, hydra=True)
+    if "-m" in args or "--multirun" in args or cfg.hydra.mode == RunMode.MULTIRUN:
+        params = {k: v for k, v in (cfg.hydra.sweeper.get("params") or {}).items() if k not in given}
+        if params:  # e.g. +experiment=paper_b_bart sweeps task=xsum,cnn_dm: its first cell is validated
+            first += first_cell([f"{k}={v}" for k, v in params.items()])[0]
+    cfg = compose_cell(first)
     if not full:  # `qbench size`: composing is enough (no data, no weights needed)
         return first
     from qbench.pipeline import validate
 
     try:
-        if bits_given and set(schemes) == {"none"}:
+        if "bits" in given and set(schemes) == {"none"}:
             raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep repeats it)")
         validate(cfg)
     except QbenchError as e:

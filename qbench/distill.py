@@ -3,8 +3,8 @@
 The teacher is the full-precision model fine-tuned on the same task, from the FP cache of
 `qbench.pipeline.finetuned_fp` (fine-tuned once there if missing; never per cell), in eval mode without gradients.
 loss = task_weight · task + kd_weight · kd + tcd_weight · tcd, where
-- kd: logit distillation, soft cross-entropy -Σ softmax(t/T) · log_softmax(s/T), times T², averaged over examples
-  (language models: over the non-padding tokens); regression heads (one output): mean squared error;
+- kd: logit distillation, KL(softmax(t/T) ‖ softmax(s/T)) times T², averaged over examples (language models: over
+  the non-padding tokens); 0 when the student matches the teacher; regression heads (one output): mean squared error;
 - tcd: token-level contrastive distillation, InfoNCE with temperature τ: for each non-padding token of the student,
   the teacher's representation of the same token (same sequence, same position) is the positive, the teacher's
   other tokens of the batch (`in_batch`) and a FIFO memory bank of past teacher tokens (`bank_size`) are the
@@ -63,16 +63,20 @@ class DistillSpec:
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, mask=None) -> torch.Tensor:
-    """T² · mean soft cross-entropy of the student's tempered distribution against the teacher's, over the last
-    dimension; `mask` (like logits without the class dimension) selects the scored rows (tokens). One output
-    (regression): mean squared error."""
+    """T² · mean KL(teacher ‖ student) of the tempered distributions over the last dimension; `mask` (like logits
+    without the class dimension) selects the scored rows (tokens). One output (regression): mean squared error.
+
+    KL, not the soft cross-entropy: the two differ by the teacher's entropy, a constant, so the gradient is the
+    same, but KL is 0 when the student matches the teacher and the logged loss_kd says how far it is."""
     if mask is not None:
         student, teacher = student[mask.bool()], teacher[mask.bool()]
     if student.shape[-1] == 1:
         return F.mse_loss(student, teacher.detach())
     t = temperature
-    ce = -(F.softmax(teacher.detach() / t, -1) * F.log_softmax(student / t, -1)).sum(-1)
-    return ce.mean() * t * t
+    log_p = F.log_softmax(teacher.detach() / t, -1)  # (rows, classes): teacher, log-probabilities
+    log_q = F.log_softmax(student / t, -1)  # (rows, classes): student
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)  # (rows,): Σ p·(log p − log q)
+    return kl.mean() * t * t
 
 
 def tcd_loss(student: torch.Tensor, teacher: torch.Tensor, mask=None, tau: float = 0.1, bank=None,
@@ -107,6 +111,9 @@ def hidden(out, layer: int) -> torch.Tensor:
     return states[layer]
 
 
+PROJECTION = "qbench_tcd_projection"  # the student's attribute holding TCD's projection during train()
+
+
 class DistillTrainer(Trainer):
     """HF Trainer whose loss is task_weight·task + kd_weight·kd + tcd_weight·tcd against a frozen teacher."""
 
@@ -115,16 +122,26 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.spec, self.bank = spec, None
-        dims = (self.model.config.get_text_config().hidden_size, teacher.config.get_text_config().hidden_size)
-        self.proj = nn.Linear(*dims).to(self.args.device) if spec.projection and spec.tcd_weight else None
+        self.proj = self._attach_projection() if spec.projection and spec.tcd_weight else None
         self._window, self._total = defaultdict(float), defaultdict(float)
         self._n_window = self._n_total = 0
 
-    def create_optimizer(self, model=None):
-        opt = super().create_optimizer(model)
-        if self.proj is not None and not any(p is self.proj.weight for g in opt.param_groups for p in g["params"]):
-            opt.add_param_group({"params": list(self.proj.parameters()), "weight_decay": 0.0})
-        return opt
+    def _attach_projection(self) -> nn.Linear:
+        """TCD's linear map student hidden -> teacher hidden, registered as a submodule of the student for the
+        length of train(): the Trainer's optimizer, zero_grad, gradient clipping and device moves then treat it as
+        any other parameter (it is not in the student's forward pass). train() removes it again, so it is never
+        exported, packed, evaluated or counted."""
+        dims = (self.model.config.get_text_config().hidden_size, self.teacher.config.get_text_config().hidden_size)
+        proj = nn.Linear(*dims).to(self.args.device)
+        self.model.add_module(PROJECTION, proj)
+        return proj
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # the projection only serves the TCD loss: the trained student leaves without it
+            if self.proj is not None and hasattr(self.model, PROJECTION):
+                delattr(self.model, PROJECTION)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         s, want_hidden = self.spec, bool(self.spec.tcd_weight)

@@ -17,11 +17,10 @@ from qbench.errors import QbenchError
 from qbench.models import check_available
 from qbench.quant.schemes import NoQuant, Scheme
 from qbench.record import SCHEMA_VERSION, Timer, git_sha, versions, write_json_atomic, write_jsonl
-from qbench.sweep import cell_id
+from qbench.sweep import cell_id, data_identity
 from qbench.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
-ORDERS = ("qat", "ptq", "ft_then_qat", "zeroshot")
 
 
 def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
@@ -37,26 +36,28 @@ def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
 
 
 def validate(cfg: DictConfig) -> tuple[TaskSpec, Scheme | NoQuant]:
-    """Check a composed config before any work: task spec, scheme, pipeline order, caps."""
-    task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
-    scheme = build_scheme(cfg)
-    if cfg.train.order not in ORDERS:
-        raise QbenchError(f"train.order={cfg.train.order!r}; valid: {', '.join(ORDERS)}")
-    for k in ("max_train_examples", "max_eval_examples"):
-        v = cfg.train.get(k)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise QbenchError(f"train.{k} must be a positive integer or null, got {v!r}")
+    """Check a composed config before any work: the scheme, every other key's type and range (qbench.config),
+    model-task fit, the task spec, combinations, then that weights and data splits can be found."""
+    from qbench.config import check_config
     from qbench.distill import DistillSpec
 
+    scheme = build_scheme(cfg)  # the scheme's dataclass checks bits and its own keys
+    check_config(cfg)
+    task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
+    order, optim = cfg.train.order, cfg.train.optim
     if DistillSpec.from_config(cfg.get("distill")).active and (
-        isinstance(scheme, NoQuant) or cfg.train.order not in ("qat", "ft_then_qat")
+        isinstance(scheme, NoQuant) or order not in ("qat", "ft_then_qat")
     ):
         raise QbenchError(f"distill={cfg.distill.name} teaches quantization-aware training: it needs a quantizing "
                           "scheme and train.order=qat or ft_then_qat")  # fmt: skip
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise QbenchError(f"device={cfg.device!r}; valid: auto, cpu, cuda")
+    fp_cap, qat_cap = cfg.train.max_train_examples, (cfg.train.get("qat") or {}).get("max_train_examples")
+    if fp_cap is not None and qat_cap is not None and qat_cap > fp_cap:
+        raise QbenchError(f"train.qat.max_train_examples={qat_cap}: at most train.max_train_examples={fp_cap} (the QAT "
+                          "stage trains on the first N of the same examples)")  # fmt: skip
+    if scheme.name == "laq" and optim != "adamw_torch":
+        raise QbenchError(f"scheme=laq reads Adam's second moments: train.optim={optim!r} needs adamw_torch")
     check_available(cfg.model)
-    for split in ((task.train_split,) if cfg.train.order != "zeroshot" else ()) + task.eval_splits:
+    for split in ((task.train_split,) if order != "zeroshot" else ()) + task.eval_splits:
         split_file(task, split, cfg.data_dir)  # a missing local split fails here, naming its path
     return task, scheme
 
@@ -71,13 +72,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     started, timer = datetime.now(timezone.utc), Timer()
     task, scheme = validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; an in-process caller need not
     distill = DistillSpec.from_config(cfg.get("distill"))
     kind, order, quantize = kinds.get(task.kind), cfg.train.order, not isinstance(scheme, NoQuant)
     with timer("load"):
         model, tok = kind.load_model(cfg.model, task, cfg.seed)
         data = kind.load_data(task, tok, cfg, need_train=order != "zeroshot")
-    fit = lambda **kw: finetune(model, data[task.train_split][1], kind.collator(tok), cfg.train, cfg.seed, cfg.device,
-                                **kw)  # fmt: skip
+    train_ds, qat_train = data[task.train_split][1] if order != "zeroshot" else None, qat_settings(cfg.train)
+    fit = lambda **kw: finetune(model, train_ds, kind.collator(tok), cfg.train, cfg.seed, cfg.device, **kw)
     training, quant = {}, None
     if order in ("ptq", "ft_then_qat") or (order == "qat" and not quantize):
         with timer("train_fp"):  # once per (model, task, seed, training config), then from the cache
@@ -91,8 +93,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if distill.active:  # the cached full-precision fine-tuned model teaches (qbench.distill)
             with timer("teacher"):
                 options, training["teacher"] = teacher_options(cfg, task, kind, tok, data, options)
-        with timer("train_qat"):
-            training["qat"] = fit(**options)
+        with timer("train_qat"):  # train.* with the train.qat.* overrides, on the first N of the same examples
+            training["qat"] = finetune(model, head(train_ds, qat_train["max_train_examples"]), kind.collator(tok),
+                                       qat_train, cfg.seed, cfg.device, **options)  # fmt: skip
     if quantize:  # packed size (and with export=true the packed checkpoint RUN_DIR/model.packed.safetensors)
         from qbench.export import run_size
 
@@ -114,6 +117,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "order": order,
         **({"distill": asdict(distill)} if distill.active else {}),
         "seed": cfg.seed,
+        "data": data_identity(cfg) or "hub",  # {split: file, bytes, sha256} of local files, or the hub (task.hub)
         "metrics": metrics,
         "main_metric": {**main, "value": metrics[main["split"]][main["name"]]},
         "training": training,
@@ -124,6 +128,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
     write_json_atomic(run_dir / "record.json", record)
     return record
+
+
+def qat_settings(train: DictConfig) -> dict:
+    """The quantization-aware stage's training settings: train.* with the non-null train.qat.* on top."""
+    t = OmegaConf.to_container(train, resolve=True)
+    return {**t, **{k: v for k, v in (t.pop("qat", None) or {}).items() if v is not None}}
+
+
+def head(ds, n: int | None):
+    """The first n examples of a training set (all when n is None). The FP stage's examples are a seeded random
+    subset already (qbench.data), so its first n are a random subset too, nested in it."""
+    return ds if n is None or n >= len(ds) else ds.select(range(n))
 
 
 def finetuned_fp(cfg: DictConfig, task: TaskSpec, kind, model, tok, fit) -> tuple[object, dict]:

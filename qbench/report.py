@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from qbench.errors import QbenchError
+from qbench.sweep import BOOKKEEPING, EXCLUDED, drop, flatten, resolved, unused
 
-PERCENT = {"accuracy", "f1", "matthews", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "token_accuracy"}
+PERCENT = {"accuracy", "f1", "matthews", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "rougeLsum",
+           "token_accuracy"}  # fmt: skip
 FP = "FP"
+# when records of different configurations share a table cell, these fields name the difference first
+FIRST = ("model.name", "task.name", "train.order", "distill.name", "data", "scheme._target_")
+ALIAS = {"model.name": "model", "task.name": "task", "train.order": "order", "distill.name": "distill"}
 
 
 def load_records(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per completed record found under `paths` (recursively): identity, main metric, effective bits."""
+    """One row per completed record found under `paths` (recursively): identity, main metric, effective bits,
+    and `config`: the flattened configuration that defines the result (seed aside; see `configuration`)."""
     rows = []
     for root in map(Path, paths):
         files = [root] if root.is_file() else sorted(root.rglob("record.json"))
@@ -26,24 +33,119 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
             r = json.loads(f.read_text())
             if r.get("status") != "completed":
                 continue
-            s, m = r["scheme"], r["main_metric"]
+            s, m, config = r["scheme"], r["main_metric"], configuration(r)
+            key = json.dumps(config, sort_keys=True, default=str)
             rows.append({
                 "model": r["model"], "task": r["task"], "scheme": scheme_label(r), "bits": s.get("bits"),
-                "order": r.get("order"), "seed": r.get("seed"), "metric": m["name"], "split": m["split"],
-                "value": m["value"], "effective_bits": s.get("effective_bits") or 32.0, "path": str(f.parent),
-                "cell_id": r.get("cell_id") or str(f.parent), "finished": r.get("finished", ""),
+                "order": r.get("order"), "distill": (r.get("distill") or {}).get("name", "none"),
+                "seed": r.get("seed"), "metric": m["name"], "split": m["split"], "value": m["value"],
+                "effective_bits": s.get("effective_bits") or 32.0, "path": str(f.parent), "config": config,
+                "config_key": key, "finished": r.get("finished", ""),
+                # one record per (configuration, seed); records without a config: per cell id, else folder
+                "run": f"{key} seed={r.get('seed')}" if "config" in r else r.get("cell_id") or str(f.parent),
             })  # fmt: skip
     if not rows:
         raise QbenchError(f"no completed record.json under {', '.join(map(str, paths))}")
-    # the same cell found twice (copied or rerun folders) counts once: its latest record
-    df = pd.DataFrame(rows).sort_values("finished").drop_duplicates("cell_id", keep="last")
+    # the same run found twice (copied or rerun folders, another study) counts once: its latest record
+    df = pd.DataFrame(rows).sort_values("finished").drop_duplicates("run", keep="last")
     df["bits"] = df["bits"].astype("Int64")
     return df
 
 
+def configuration(r: dict) -> dict:
+    """A record's configuration, flattened ({'train.lr': 5e-05, ...}): its resolved config less the seed, the keys
+    that never change results (qbench.sweep) and null values (keys added later with a null default), with the data
+    source as `data` (hub, mirror, or the task's folder). The full-precision fine-tune is the same model whatever
+    train.order quantizes it later, so FP records drop the order. Records without a config: their own fields."""
+    c, fp = r.get("config"), r["scheme"].get("name") == "none"
+    if not isinstance(c, dict):
+        return {"model.name": r.get("model"), "task.name": r.get("task"), "train.order": r.get("order"),
+                "distill.name": (r.get("distill") or {}).get("name", "none")}  # fmt: skip
+    d = resolved(c)
+    drops = [*EXCLUDED, *BOOKKEEPING, *unused(d, fp), "seed"]
+    if fp and (d.get("train") or {}).get("order") != "zeroshot":
+        drops.append("train.order")  # qat, ptq, ft_then_qat: the same FP fine-tune
+    for path in drops:
+        drop(d, path)
+    return {**{k: v for k, v in flatten(d).items() if v is not None}, "data": data_source(c)}
+
+
+def data_source(c: dict) -> str:
+    """'hub', 'mirror' (QBENCH_DATA_DIR, at whatever path) or 'folder <task.data_dir>'."""
+    task = c.get("task") or {}
+    if task.get("data_dir"):
+        return f"folder {task['data_dir']}"
+    return "mirror" if c.get("data_dir") and task.get("mirror") else "hub"
+
+
+def show(v) -> str:
+    """A config value as labels show it and --where matches it."""
+    return "null" if v is None else json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def field(df: pd.DataFrame, name: str) -> pd.Series:
+    """A record field (model, task, order, ...) or a dotted config key (train.lr) of every row."""
+    if name in df.columns:
+        return df[name]
+    path = {v: k for k, v in ALIAS.items()}.get(name, name)
+    return df["config"].map(lambda c: show(c.get(path)))
+
+
+def where(df: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
+    """Rows matching every FIELD=VALUE (string or numeric equality)."""
+    for cond in conditions:
+        name, sep, value = cond.partition("=")
+        if not sep:
+            raise QbenchError(f"--where {cond!r}: expected FIELD=VALUE, e.g. order=ptq or train.lr=5e-05")
+        df = df[field(df, name).map(lambda v, value=value: same(v, value))]
+    if df.empty:
+        raise QbenchError(f"no record matches --where {' '.join(conditions)}")
+    return df
+
+
+def same(v, value: str) -> bool:
+    if show(v) == value:
+        return True
+    try:
+        return float(v) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def distinguishing(configs: list[dict]) -> list[str]:
+    """Fields whose values tell these configurations apart: those of FIRST that differ, then (alphabetically) any
+    other field that separates configurations still sharing a label."""
+    differ = {k for k in set().union(*configs) if len({show(c.get(k)) for c in configs}) > 1}
+    chosen = [k for k in FIRST if k in differ]
+    for k in sorted(differ - set(chosen)):
+        seen = {tuple(show(c.get(f)) for f in chosen) for c in configs}
+        if len(seen) == len(configs):
+            break
+        if len({tuple(show(c.get(f)) for f in (*chosen, k)) for c in configs}) > len(seen):
+            chosen.append(k)
+    return chosen
+
+
+def split_labels(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, list[str]]:
+    """Per record, ' (order=ptq, ...)': what sets its configuration apart from the other records of its group
+    (rows with equal `keys`), '' where a group holds one configuration; and the fields used."""
+    labels, used = pd.Series("", index=df.index), []
+    for _, g in df.groupby(keys, dropna=False, sort=False):
+        if g["config_key"].nunique() < 2:
+            continue
+        fields = distinguishing(list({k: c for k, c in zip(g["config_key"], g["config"], strict=True)}.values()))
+        used += [f for f in fields if f not in used]
+        labels[g.index] = [" (" + ", ".join(f"{ALIAS.get(f, f)}={show(c.get(f))}" for f in fields) + ")"
+                           for c in g["config"]]  # fmt: skip
+    return labels, used
+
+
 def scheme_label(r: dict) -> str:
-    """'mds', or with distillation and non-default W-E-A bits 'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
+    """'mds', 'linear/row' (granularity other than per tensor), or with distillation and non-default W-E-A bits
+    'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
     s, label = r["scheme"], r["scheme"]["name"]
+    if s.get("granularity") not in (None, "tensor"):  # 'linear/row': per output unit, 'linear/group'
+        label += f"/{s['granularity']}"
     if (r.get("distill") or {}).get("name", "none") != "none":
         label += f"+{r['distill']['name']}"
     if s.get("wea") and s.get("wea") != f"{s.get('bits')}-{s.get('bits')}-32":
@@ -62,16 +164,22 @@ def column_label(scheme: str, bits) -> str:
 
 
 def pivot(df: pd.DataFrame, rows: list[str], cols: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean, std, n) tables of the main metric: rows × cols, seeds averaged; the FP baseline is one column."""
+    """(mean, std, n) tables of the main metric: rows × cols, the seeds of one configuration averaged; records of
+    different configurations in one cell get columns of their own, labelled by what differs
+    (mean.attrs['split'] lists those fields). The FP baseline is one column."""
     df = as_percent(df)
+    df = df.assign(**{f: field(df, f) for f in {*rows, *cols} if f not in df.columns})
     if cols == ["scheme", "bits"]:
         df["column"] = [column_label(s, b) for s, b in zip(df["scheme"], df["bits"], strict=True)]
     else:
-        df["column"] = df[cols].astype(str).agg(" ".join, axis=1)
+        df["column"] = [" ".join("–" if pd.isna(v) else str(v) for v in r) for r in df[cols].itertuples(index=False)]
+    labels, used = split_labels(df, [*rows, "column"])
+    df["column"] += labels
     order = df.assign(fp=df["scheme"] != "none").sort_values(["fp", "scheme", "bits", "column"])["column"].unique()
     g = df.groupby([*rows, "column"])["value"]
     mean, std, n = (x.unstack("column").reindex(columns=list(order)) for x in (g.mean(), g.std(ddof=1), g.count()))
     mean.attrs["metrics"] = df.groupby("task")["metric"].first().to_dict()
+    mean.attrs["split"] = used
     return mean, std, n.fillna(0).astype(int)
 
 
@@ -106,10 +214,16 @@ def add_reference(table: pd.DataFrame, mean: pd.DataFrame, ref_path: Path, rows:
     return table
 
 
-def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: int, reference: str | None) -> str:
-    """The formatted table (markdown, latex or csv) of the records under paths."""
-    df = load_records(paths)
+def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: int, reference: str | None,
+          conditions: list[str] = ()) -> str:  # fmt: skip
+    """The formatted table (markdown, latex or csv) of the records under paths that match every FIELD=VALUE of
+    `conditions`. Says on stderr when it split a cell because its records are of different configurations."""
+    df = where(load_records(paths), list(conditions))
     mean, std, n = pivot(df, rows, cols)
+    if mean.attrs["split"]:
+        names = ", ".join(ALIAS.get(f, f) for f in mean.attrs["split"])
+        print(f"note: records of different configurations are in separate columns, labelled by {names}; pick with "
+              "--where FIELD=VALUE or place with --rows/--cols FIELD", file=sys.stderr)  # fmt: skip
     out = pd.DataFrame(
         [[cell(mean.iat[i, j], std.iat[i, j], n.iat[i, j], digits) for j in range(mean.shape[1])]
          for i in range(mean.shape[0])], index=mean.index, columns=mean.columns)  # fmt: skip
@@ -122,32 +236,33 @@ def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: 
         return out.to_csv(index=False)
     if fmt == "latex":
         return out.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-    return out.to_markdown(index=False)
+    return out.to_markdown(index=False, disable_numparse=True)  # 82.0 stays 82.0
 
 
 def plot(paths: list[str], out: str) -> list[Path]:
-    """Metric vs bits (one panel per task, a line per scheme, FP dashed) and metric vs effective bits."""
+    """Metric vs bits (one panel per task, a line per scheme and configuration, FP dashed) and metric vs effective
+    bits; seeds of one configuration are averaged (error bars: their std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     df = as_percent(load_records(paths))
+    df["series"] = df["scheme"] + split_labels(df, ["task", "scheme", "bits"])[0]  # one configuration a line
     tasks = sorted(df["task"].unique())
-    schemes = sorted(set(df["scheme"]) - {"none"})
-    color = {sc: f"C{i}" for i, sc in enumerate(schemes)}  # one colour per scheme in every panel
+    schemes = sorted(set(df.loc[df["scheme"] != "none", "series"]))
+    color = {sc: f"C{i % 10}" for i, sc in enumerate(schemes)}  # one colour per line in every panel
     files = []
     for name, x in (("bits", "bits"), ("pareto", "effective_bits")):
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
             t = df[df["task"] == task]
-            for scheme, s in t[t["scheme"] != "none"].groupby("scheme"):
+            for scheme, s in t[t["scheme"] != "none"].groupby("series"):
                 agg = s.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
                 ax.errorbar(agg[x].astype(float), agg["mean"], yerr=agg["std"].fillna(0), marker="o", label=scheme,
                             color=color[scheme])  # fmt: skip
-            fp = t[t["scheme"] == "none"]["value"]
-            if len(fp):
-                ax.axhline(fp.mean(), color="gray", linestyle="--", label="FP")
+            for label, fp in t[t["scheme"] == "none"].groupby("series"):
+                ax.axhline(fp["value"].mean(), color="gray", linestyle="--", label=FP + label[len("none") :])
             ax.set_title(f"{task} ({t['metric'].iloc[0]})")
             ax.set_xlabel("bits" if x == "bits" else "effective bits / weight")
             ax.grid(alpha=0.3)
@@ -165,14 +280,17 @@ def plot(paths: list[str], out: str) -> list[Path]:
 def table_command(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="qbench table", description="Paper-shaped tables from run records.")
     p.add_argument("paths", nargs="*", default=["results"], help="folders searched for record.json (default results)")
-    p.add_argument("--rows", default="task", help="comma-separated record fields for rows (default task)")
+    p.add_argument("--rows", default="task", help="comma-separated fields for rows (default task): record fields "
+                   "(model, task, scheme, bits, order, distill, seed) or dotted config keys (train.lr)")  # fmt: skip
     p.add_argument("--cols", default="scheme,bits", help="comma-separated fields for columns (default scheme,bits)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                   help="keep only records with this value (repeatable), e.g. order=ptq or train.lr=1e-4")  # fmt: skip
     p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p.add_argument("--digits", type=int, default=1)
     p.add_argument("--reference", help="YAML of published numbers (with sources): adds reference and delta columns")
     p.add_argument("--out", help="write here instead of printing")
     a = p.parse_args(argv)
-    text = table(a.paths, a.rows.split(","), a.cols.split(","), a.format, a.digits, a.reference)
+    text = table(a.paths, a.rows.split(","), a.cols.split(","), a.format, a.digits, a.reference, a.where)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")

@@ -3,55 +3,162 @@
 A cell's directory is named by its id (model-task-scheme-bits-seed plus a hash of the resolved config), so the
 same configuration always lands in the same folder: rerunning a killed sweep finds the records already written
 and runs only the missing cells. Records are written atomically, so a folder holds a whole record or none.
+
+What identifies a result, in one place: every config key is part of a cell's identity (and of the FP cache key)
+unless it is listed below. Local data are identified by their content (`data_identity`), not by their path.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
-# keys that do not change a cell's result: where things are written or read from, and bookkeeping
-VOLATILE = ("hydra", "force", "save_predictions", "export", "data_dir", "device", "cache_dir")
+# dotted config keys (a key covers everything under it) that never change a cell's result: left out of the cell
+# id, of the FP cache key and of the table's configuration key
+EXCLUDED = {
+    "hydra": "Hydra's own settings: output folders, launcher, logging",
+    "force": "reruns a completed cell",
+    "save_predictions": "whether predictions.jsonl is written",
+    "export": "whether the packed checkpoint file is written (its size is computed either way)",
+    "cache_dir": "where fine-tuned FP models are kept",
+    "device": "the hardware, not the method (auto resolves at run time; CPU and GPU results can differ in float "
+    "rounding): the record's `device` says which ran",
+    "data_dir": "a path on this machine: local data are identified by content instead (data_identity)",
+    "task.data_dir": "likewise (it stays in the id as null, as in older ids)",
+}
+# in the cell id (ids of older configs stay the same) but without any effect on results: the FP cache key and
+# tables ignore them
+BOOKKEEPING = ("study", "train.logging_steps", "train.progress_bar")
+# keys of the quantization stage only: not part of the FP cache key (train.qat: QAT-stage training overrides)
+QUANT_STAGE = ("scheme", "bits", "embed_bits", "act_bits", "distill", "train.order", "train.qat")
 
 
-def scheme_name(cfg: DictConfig) -> str:
+def scheme_name(cfg: DictConfig | dict) -> str:
     """'none', 'linear', 'kmeans', ... from the scheme's _target_ class."""
     import importlib
 
-    module, _, cls = cfg.scheme["_target_"].rpartition(".")
+    module, _, cls = cfg["scheme"]["_target_"].rpartition(".")
     return getattr(importlib.import_module(module), cls).name
 
 
-def identity(cfg: DictConfig) -> dict:
-    """The resolved config that defines a cell's result (volatile keys dropped; bits dropped for scheme=none)."""
-    d = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-         for k, v in ((k, cfg[k]) for k in cfg if k not in VOLATILE)}  # fmt: skip
-    if scheme_name(cfg) == "none":
-        for k in ("bits", "embed_bits", "act_bits"):
-            d.pop(k, None)
-    # defaults added later are dropped, so cells of older configs keep their ids
-    for k in ("embed_bits", "act_bits"):
-        for where in (d, d.get("scheme") or {}):
-            if where.get(k, 0) is None:
-                where.pop(k)
-    if (d.get("distill") or {}).get("name") == "none":
-        d.pop("distill")
+def under(path: str, keys) -> bool:
+    """Whether dotted `path` is one of `keys` or lies under one of them."""
+    return any(path == k or path.startswith(k + ".") for k in keys)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a.b': leaf} of a nested dict; lists and empty dicts are leaves."""
+    out = {}
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def drop(d: dict, path: str) -> None:
+    """Remove dotted `path` from nested dict d (if there)."""
+    *parents, last = path.split(".")
+    for p in parents:
+        d = d.get(p) if isinstance(d, dict) else None
+        if not isinstance(d, dict):
+            return
+    d.pop(last, None)
+
+
+def unused(d: dict, full_precision: bool) -> list[str]:
+    """Keys of resolved config d that cannot change this cell's result: the bits of a full-precision cell, the
+    distillation settings when distillation is off (kd_weight = tcd_weight = 0), a scheme seed equal to the run's,
+    W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default)."""
+    out = ["bits", "embed_bits", "act_bits"] if full_precision else []
+    distill = d.get("distill") or {}
+    if not (distill.get("kd_weight") or distill.get("tcd_weight")):
+        out.append("distill")
+    for where, prefix in ((d, ""), (d.get("scheme") or {}, "scheme.")):  # defaults added later: dropped while
+        out += [prefix + k for k in ("embed_bits", "act_bits") if k in where and where[k] is None]  # null
+    if "seed" in (d.get("scheme") or {}) and d["scheme"]["seed"] == d.get("seed"):
+        out.append("scheme.seed")  # the run's seed (k-means' init), already in the id as `seed`
+    qat = (d.get("train") or {}).get("qat") or {}  # QAT-stage overrides: null = the train.* value, as without it
+    nulls = [f"train.qat.{k}" for k, v in qat.items() if v is None]
+    return out + (["train.qat"] if qat and len(nulls) == len(qat) else nulls)
+
+
+def resolved(cfg: DictConfig | dict) -> dict:
+    """A composed config (or its resolved dict) as a new plain dict, resolved, without the top-level EXCLUDED keys
+    (Hydra's own node is never resolved: its run folder is named by the cell id)."""
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else copy.deepcopy(v)
+            for k, v in ((k, cfg[k]) for k in cfg if k not in EXCLUDED)}  # fmt: skip
+
+
+def identity(cfg: DictConfig | dict) -> dict:
+    """What defines a cell's result: the resolved config without EXCLUDED and unused keys, plus the local data's
+    fingerprint (`data`, absent when every split comes from the hub)."""
+    d = resolved(cfg)
+    for path in [*EXCLUDED, *unused(d, scheme_name(cfg) == "none")]:
+        drop(d, path)
+    if "data_dir" in cfg["task"]:  # null as in older ids: `data` below says what is read, from any folder
+        d["task"]["data_dir"] = None
+    data = data_identity(cfg)
+    if data:
+        d["data"] = data
     return d
 
 
-def cell_id(cfg: DictConfig) -> str:
+def digest(obj, n: int) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def cell_id(cfg: DictConfig | dict) -> str:
     """'<model>-<task>-<scheme>[-b<bits>]-s<seed>-<8 hex of the config hash>'."""
-    ident = identity(cfg)
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
     scheme = scheme_name(cfg)
-    bits = "" if scheme == "none" else f"-b{cfg.bits}"
-    return f"{cfg.model.name}-{cfg.task.name}-{scheme}{bits}-s{cfg.seed}-{digest}"
+    bits = "" if scheme == "none" else f"-b{cfg['bits']}"
+    return f"{cfg['model']['name']}-{cfg['task']['name']}-{scheme}{bits}-s{cfg['seed']}-{digest(identity(cfg), 8)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> dict:
+    """{file, bytes, sha256}: the same for a copy of the file at any path, different for any other content."""
+    st = path.stat()
+    return {"file": path.name, "bytes": st.st_size, "sha256": _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)}
+
+
+def data_identity(cfg: DictConfig | dict) -> dict | None:
+    """{split: fingerprint | 'missing'} of the local files a cell reads (task.data_dir, else the mirror under
+    data_dir); None when the data come from the hub (task.hub, already in the id)."""
+    from qbench.data import split_file
+    from qbench.errors import QbenchError
+
+    t = cfg["task"]
+    if not (t.get("data_dir") or (cfg.get("data_dir") and t.get("mirror"))):
+        return None
+    spec = SimpleNamespace(name=t.get("name"), files=dict(t.get("files") or {}), data_dir=t.get("data_dir"),
+                           mirror=t.get("mirror"))  # fmt: skip
+    out = {}
+    for split in dict.fromkeys([t.get("train_split", "train"), *(t.get("eval_splits") or [])]):
+        try:
+            out[split] = file_fingerprint(split_file(spec, split, cfg.get("data_dir")))
+        except (QbenchError, OSError, TypeError):  # a bad config fails later, in validate, with its message
+            out[split] = "missing"
+    return out
 
 
 def completed(run_dir: Path) -> dict | None:
@@ -64,10 +171,16 @@ def completed(run_dir: Path) -> dict | None:
     return record if record.get("status") == "completed" else None
 
 
-def fp_cache_dir(cfg: DictConfig) -> Path:
-    """Where the full-precision fine-tuned model of (model, task, seed, training config) is kept."""
-    ident = {k: identity(cfg)[k] for k in ("model", "task", "seed", "train")}
-    ident["train"] = {k: v for k, v in ident["train"].items() if k not in ("order", "progress_bar", "logging_steps")}
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def fp_identity(cfg: DictConfig | dict) -> dict:
+    """What defines the full-precision fine-tuned model: the cell's identity without the quantization stage."""
+    d = identity(cfg)
+    for path in (*QUANT_STAGE, *BOOKKEEPING):
+        drop(d, path)
+    return d
+
+
+def fp_cache_dir(cfg: DictConfig | dict) -> Path:
+    """Where the full-precision fine-tuned model of (model, task, seed, training config, data) is kept."""
     root = cfg.get("cache_dir") or os.environ.get("QBENCH_CACHE") or Path.home() / ".cache" / "qbench"
-    return Path(root) / "finetuned" / f"{cfg.model.name}-{cfg.task.name}-s{cfg.seed}-{digest}"
+    name = f"{cfg['model']['name']}-{cfg['task']['name']}-s{cfg['seed']}-{digest(fp_identity(cfg), 12)}"
+    return Path(root) / "finetuned" / name

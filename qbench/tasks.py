@@ -19,7 +19,7 @@ METRICS = {
     "spearman": ("scipy.stats", "spearmanr"),
 }
 # computed by the generative kinds themselves (qbench.lmeval), not from (labels, predictions)
-KIND_METRICS = ("perplexity", "loss", "token_accuracy", "rouge1", "rouge2", "rougeL")
+KIND_METRICS = ("perplexity", "loss", "token_accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def metric(name: str, labels: np.ndarray, predictions: np.ndarray) -> float:

@@ -21,6 +21,7 @@ def training_args(train: Mapping, seed: int, device: str) -> TrainingArguments:
         max_steps=train["max_steps"],
         warmup_steps=train["warmup"],  # int: steps; float in [0, 1): share of all steps
         weight_decay=train["weight_decay"],
+        optim=train.get("optim", "adamw_torch"),  # sgd: the quantizers' gradient scales are not normalised away
         seed=seed,
         data_seed=seed,
         logging_steps=train["logging_steps"],
@@ -30,6 +31,7 @@ def training_args(train: Mapping, seed: int, device: str) -> TrainingArguments:
         disable_tqdm=not train["progress_bar"],
         use_cpu=device == "cpu" or not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        train_sampling_strategy=train.get("sampler", "random"),  # group_by_length: batches of similar lengths
     )
 
 

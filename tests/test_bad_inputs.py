@@ -19,7 +19,7 @@ CASES = [
     (["run", "scheme.granularity=channel", "scheme=linear"], "granularity='channel'; valid: tensor, row, group"),
     (["run", "scheme.init=random"], "init='random'; valid: linear, density, kmeans++"),
     (["run", "train.order=pretrain"], "train.order='pretrain'; valid: qat, ptq, ft_then_qat, zeroshot"),
-    (["run", "train.max_train_examples=-5"], "train.max_train_examples must be a positive integer"),
+    (["run", "train.max_train_examples=-5"], "train.max_train_examples=-5; valid: an integer >= 1 or null"),
     (["run", "device=tpu"], "device='tpu'; valid: auto, cpu, cuda"),
     (["run", "colour=blue"], "colour"),
     (["run", "model=bert"], "'bert-base-uncased' is not in the local HF cache and the hub is unreachable"),
@@ -29,6 +29,101 @@ CASES = [
     (["run", "task=qqp", "train.order=zeroshot"], "split 'validation' not found; expected"),
     (["run", "task.data_dir=/no/such/dir"], "/no/such/dir/train.parquet or /no/such/dir/train.jsonl"),
     (["frobnicate"], "unknown command 'frobnicate'; valid: run"),
+]
+POSITIVE, AT_LEAST_1, MAX_STEPS = "valid: a number > 0", "valid: an integer >= 1", "valid: -1 (train for `epochs`) or"
+WARMUP = "valid: an integer >= 0 (steps) or a number in [0, 1)"
+# every key's type and range (qbench/config.py): one line naming the key, the value and what is valid
+CASES += [
+    (["run", "train.lr=0"], f"train.lr=0; {POSITIVE}"),
+    (["run", "train.lr=-1e-4"], f"train.lr=-0.0001; {POSITIVE}"),
+    (["run", "train.lr=fast"], f"train.lr='fast'; {POSITIVE}"),
+    (["run", "train.lr=inf"], f"train.lr=inf; {POSITIVE}"),
+    (["run", "-m", "train.lr=0,1e-4"], f"train.lr=0; {POSITIVE}"),  # a sweep whose first cell is invalid
+    (["run", "train.batch_size=0"], f"train.batch_size=0; {AT_LEAST_1}"),
+    (["run", "train.batch_size=2.5"], f"train.batch_size=2.5; {AT_LEAST_1}"),
+    (["run", "train.eval_batch_size=-8"], f"train.eval_batch_size=-8; {AT_LEAST_1}"),
+    (["run", "train.epochs=0"], f"train.epochs=0; {POSITIVE}"),
+    (["run", "train.epochs=-3"], f"train.epochs=-3; {POSITIVE}"),
+    (["run", "train.max_length=0"], f"train.max_length=0; {AT_LEAST_1}"),
+    (["run", "train.max_steps=0"], f"train.max_steps=0; {MAX_STEPS}"),
+    (["run", "train.max_steps=-2"], f"train.max_steps=-2; {MAX_STEPS}"),
+    (["run", "train.warmup=1.5"], f"train.warmup=1.5; {WARMUP}"),
+    (["run", "train.warmup=-1"], f"train.warmup=-1; {WARMUP}"),
+    (["run", "train.weight_decay=-0.1"], "train.weight_decay=-0.1; valid: a number >= 0"),
+    (["run", "train.max_eval_examples=0"], "train.max_eval_examples=0; valid: an integer >= 1 or null"),
+    (["run", "train.logging_steps=0"], f"train.logging_steps=0; {AT_LEAST_1}"),
+    (["run", "train.progress_bar=maybe"], "train.progress_bar='maybe'; valid: true or false"),
+    (["run", "train.progress_bar=no"], "train.progress_bar='no'; valid: true or false"),  # not read as false
+    (["run", "train.optim=adam"], "train.optim='adam'; valid: adamw_torch, sgd"),
+    (["run", "train.qat.lr=0"], f"train.qat.lr=0; {POSITIVE} or null"),
+    (["run", "train.qat.epochs=-1"], f"train.qat.epochs=-1; {POSITIVE} or null"),
+    (["run", "train.qat.batch_size=0"], f"train.qat.batch_size=0; {AT_LEAST_1} or null"),
+    (["run", "train.qat.max_train_examples=0"], f"train.qat.max_train_examples=0; {AT_LEAST_1} or null"),
+    (["run", "train.qat.warmup=2.5"], f"train.qat.warmup=2.5; {WARMUP}"),
+    (["run", "train.qat.max_steps=0"], f"train.qat.max_steps=0; {MAX_STEPS}"),
+    (["run", "~train.lr"], "train.lr is missing; valid: a number > 0"),
+    (["run", "+train.lr_typo=3"], "unknown key train.lr_typo=3 (nothing reads it); valid keys of train: order, lr,"),
+    (["run", "+foo=1"], "unknown key foo=1 (nothing reads it); valid keys at the top level: model, task, scheme"),
+    (["run", "+train.qat.foo=1"], "unknown key train.qat.foo=1 (nothing reads it); valid keys of train.qat: lr,"),
+    (["run", "+model.revision=main"], "unknown key model.revision='main' (nothing reads it); valid keys of model"),
+    (["run", "+task.split=dev"], "unknown key task.split='dev' (nothing reads it); valid keys of task"),
+    (["run", "+distill.alpha=0.5"], "unknown key distill.alpha=0.5 (nothing reads it); valid keys of distill"),
+    (["run", "seed=1.5"], "seed=1.5; valid: an integer in 0..2**32-1"),
+    (["run", "seed=abc"], "seed='abc'; valid: an integer in 0..2**32-1"),
+    (["run", "seed='42'"], "seed='42'; valid: an integer in 0..2**32-1"),  # a string, not the number 42
+    (["run", "seed=-1"], "seed=-1; valid: an integer in 0..2**32-1"),
+    (["run", "device=1"], "device=1; valid: auto, cpu, cuda"),
+    (["run", "save_predictions=maybe"], "save_predictions='maybe'; valid: true or false"),
+    (["run", "study="], "study=''; valid: a non-empty string"),
+    (["run", "model.family=decoder"], "model.family='decoder'; valid: encoder, causal_lm, seq2seq"),
+    (["run", "model.include=abc"], "model.include='abc'; valid: a list of strings"),
+    (["run", "model.name_or_path=null"], "model=minilm: set model.name_or_path (weights) or model.config"),
+    (["run", "task.num_labels=0"], f"task.num_labels=0; {AT_LEAST_1}"),
+    (["run", "task.eval_splits=[]"], "task.eval_splits=[]; valid: a non-empty list of strings"),
+    (["run", "task.kind=translation"], "task.kind='translation'; valid: classification, causal_lm, dialog,"),
+    (
+        ["run", "task=ptb", "model=tiny_gpt2", "+task.generation.num_beams=2"],
+        "task.generation.num_beams=2: task ptb is causal_lm; only summarization tasks read task.generation",
+    ),
+    (
+        ["run", "task=personachat", "model=tiny_gpt2", "+task.lm.stride=2"],
+        "task.lm.stride=2: dialog tasks read only task.lm.context_length",
+    ),
+    (
+        ["run", "task=ptb", "model=tiny_gpt2", "task.lm.context_length=0"],
+        "task.lm.context_length=0; valid: an integer >= 1 or null",
+    ),
+    (
+        ["run", "task=xsum", "model=tiny_bart", "task.generation.num_beams=0"],
+        "task.generation.num_beams=0; valid: an integer >= 1 or null",
+    ),
+    (
+        ["run", "task=cnn_dm", "model=tiny_bart", "task.generation.samples=-1"],
+        "task.generation.samples=-1; valid: an integer >= 0 or null",
+    ),
+    (["run", "distill.kd_weight=abc"], "distill.kd_weight='abc'; valid: a number"),
+    (["run", "distill=kd", "distill.temperature=0"], "distill.temperature and distill.tau must be > 0"),
+    # model-task fit (qbench.config.KIND_FAMILIES), checked before anything is loaded
+    (
+        ["run", "model=tiny_bert", "task=xsum"],
+        "model=tiny_bert (model.family=encoder) cannot run task=xsum (summarization); summarization tasks need a "
+        "model of family seq2seq",
+    ),
+    (
+        ["run", "model=tiny_bert", "task=ptb"],
+        "cannot run task=ptb (causal_lm); causal_lm tasks need a model of family causal_lm",
+    ),
+    (
+        ["run", "model=tiny_albert", "task=personachat"],
+        "model=tiny_albert (model.family=encoder) cannot run task=personachat (dialog)",
+    ),
+    (["run", "model=tiny_gpt2", "task=cnn_dm"], "model=tiny_gpt2 (model.family=causal_lm) cannot run task=cnn_dm"),
+    (
+        ["run", "model=tiny_bart", "task=wikitext2"],
+        "model=tiny_bart (model.family=seq2seq) cannot run task=wikitext2",
+    ),
+    (["run", "model=tiny_bart", "task=sst2"], "classification tasks need a model of family encoder or causal_lm"),
+    (["run", "scheme=laq", "train.optim=sgd"], "scheme=laq reads Adam's second moments"),
 ]
 
 
@@ -44,6 +139,7 @@ def test_user_error_is_one_line_exit_2(argv, message, capsys, tmp_path, monkeypa
     assert message in err
     assert "Traceback" not in err
     assert not list(tmp_path.rglob("record.json"))
+    assert not list(tmp_path.iterdir())  # no run folder, no sweep folder: nothing was started
 
 
 def test_real_binary_exits_2_fast_offline(tmp_path):

@@ -69,8 +69,9 @@ def test_multirun_sweep_one_record_per_cell_and_failures_recorded(tmp_path):
     records = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("*/record.json"))]
     assert sorted((r["scheme"]["name"], r["scheme"]["bits"]) for r in records) == [
         ("kmeans", 1), ("kmeans", 3), ("linear", 1), ("linear", 3)]  # fmt: skip
-    # a crashing cell (batch size 0 is rejected by the data loader) is recorded as failed; the sweep goes on
-    p = qbench("run", "-m", *DEBUG, "model=tiny_bert", "task=wnli", "train.batch_size=0,8",
+    # a cell with a user error (batch size 0) is recorded as failed and the sweep goes on; the first cell is valid
+    # (a sweep whose first cell is invalid is refused up front)
+    p = qbench("run", "-m", *DEBUG, "model=tiny_bert", "task=wnli", "train.batch_size=8,0",
                f"hydra.sweep.dir={tmp_path / 'mixed'}")  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     status = {r["config"]["train"]["batch_size"]: r for r in

@@ -127,4 +127,21 @@ def test_pad_collator_pads_labels_with_ignore():
 def test_rouge_with_stemming():
     r = rouge(["the cats were running"], ["the cat was running"])
     assert r["rouge1"] == pytest.approx(100 * 3 / 4)  # the, cat(s), running match after stemming; was/were don't
-    assert rouge(["a b c"], ["a b c"]) == {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0}
+    assert rouge(["a b c"], ["a b c"]) == {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "rougeLsum": 100.0}
+
+
+def test_rouge_lsum_is_summary_level_over_sentences():
+    # 6 tokens each; the longest common subsequence of the whole texts is 3 tokens ("the cat sat" or "the dog
+    # ran"): rougeL = 50. Sentence by sentence, each reference sentence is matched in full by one predicted
+    # sentence: the union LCS covers all 6 tokens, rougeLsum = 100 (what the summarization papers report as R-L).
+    r = rouge(["The dog ran. The cat sat."], ["The cat sat. The dog ran."])
+    assert r["rougeL"] == pytest.approx(50.0) and r["rougeLsum"] == pytest.approx(100.0)
+    assert r["rouge1"] == pytest.approx(100.0)  # sentence splitting changes rougeLsum only
+
+
+def test_sentences_are_split_by_a_real_splitter():
+    from qbench.lmeval import sentences
+
+    assert sentences("Dr. Smith paid $3.50 for it. He left.\nThen it rained") == (
+        "Dr. Smith paid $3.50 for it.\nHe left.\nThen it rained"
+    )

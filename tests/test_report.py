@@ -64,3 +64,74 @@ def test_plot_writes_png_and_svg(tmp_path):
         for ext in ("png", "svg"):
             f = tmp_path / "plots" / f"study_{name}.{ext}"
             assert f.stat().st_size > 1000
+
+
+def record(value: float, seed: int, model: str = "minilm", order: str = "ft_then_qat", scheme: str = "mds",
+           lr: float = 5e-5, **config) -> dict:  # fmt: skip
+    """A completed SST-2 record with its resolved config, as the pipeline writes it (the parts tables read)."""
+    target = {"mds": "qbench.quant.mds.MDS", "none": "qbench.quant.schemes.NoQuant"}[scheme]
+    cfg = {"model": {"name": model, "name_or_path": f"hub/{model}"},
+           "task": {"name": "sst2", "mirror": "glue/sst2", "data_dir": None, "main_metric": "accuracy"},
+           "scheme": {"_target_": target, **({"bits": 2} if scheme != "none" else {})},
+           "train": {"order": order, "lr": lr, "logging_steps": 50},
+           "distill": {"name": "none", "task_weight": 1.0, "kd_weight": 0.0, "tcd_weight": 0.0},
+           "bits": 2, "seed": seed, "data_dir": "/data", "study": "s", "device": "auto", **config}  # fmt: skip
+    return {"status": "completed", "model": model, "task": "sst2", "order": order, "seed": seed,
+            "scheme": {"name": scheme, "bits": None if scheme == "none" else 2},
+            "main_metric": {"name": "accuracy", "split": "validation", "value": value}, "config": cfg,
+            "finished": f"2026-01-01T00:00:{seed:02d}"}  # fmt: skip
+
+
+# seeds of one MiniLM configuration (written by two code versions, other folders and studies), a BERT ptq cell and
+# a MiniLM cell with another learning rate in the same table cell, FP fine-tunes under two orders
+TRAIN = {"order": "ft_then_qat", "lr": 5e-5}
+MIXED = [
+    record(0.82, 42, study="a", data_dir="/mirror/a"),
+    record(0.80, 1, study="b", data_dir="/mirror/b", act_bits=None, train={**TRAIN, "qat": {"lr": None}}),
+    record(0.50, 42, model="bert", order="ptq"),
+    record(0.78, 42, lr=1e-4),
+    record(0.86, 42, scheme="none"),
+    record(0.84, 1, scheme="none", order="ptq"),
+]
+MIXED_TABLE = """\
+| task   | metric   | FP         | mds 2b (model=bert, order=ptq, train.lr=5e-05)   | mds 2b (model=minilm, order=ft_then_qat, train.lr=0.0001)   | mds 2b (model=minilm, order=ft_then_qat, train.lr=5e-05)   |
+|:-------|:---------|:-----------|:-------------------------------------------------|:------------------------------------------------------------|:-----------------------------------------------------------|
+| sst2   | accuracy | 85.0 ± 1.4 | 50.0                                             | 78.0                                                        | 81.0 ± 1.4                                                 |
+"""  # noqa: E501
+
+
+def write(root: Path, records: list[dict]) -> None:
+    for i, r in enumerate(records):
+        (root / f"r{i}").mkdir(parents=True)
+        (root / f"r{i}" / "record.json").write_text(json.dumps(r))
+
+
+def test_seeds_are_averaged_only_within_one_configuration(tmp_path, capsys):
+    write(tmp_path, MIXED)
+    main(["table", str(tmp_path)])
+    out = capsys.readouterr()
+    assert out.out == MIXED_TABLE, out.out  # the old code: one "mds 2b" column, 72.5 ± 15.1
+    assert "labelled by model, order, train.lr" in out.err and "--where" in out.err
+
+
+def test_where_picks_one_configuration_and_fields_can_place_it(tmp_path, capsys):
+    write(tmp_path, MIXED)
+    main(["table", str(tmp_path), "--where", "model=minilm", "--where", "train.lr=5e-5", "--cols", "scheme"])
+    out = capsys.readouterr()
+    assert out.out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 81.0 ± 1.4 |" and not out.err
+    main(["table", str(tmp_path), "--where", "model=minilm", "--rows", "train.lr", "--cols", "scheme"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert rows == ["| 0.0001     | –          | 78.0       |", "| 5e-05      | 85.0 ± 1.4 | 81.0 ± 1.4 |"]
+
+
+def test_the_same_run_found_twice_counts_once(tmp_path, capsys):
+    write(tmp_path, [record(0.82, 42, study="a"), record(0.80, 42, study="b")])  # a rerun in another study
+    main(["table", str(tmp_path)])
+    assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 80.0     |"
+
+
+def test_plot_draws_one_line_per_configuration(tmp_path):
+    write(tmp_path / "records", MIXED)
+    main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
+    svg = (tmp_path / "study_bits.svg").read_text()
+    assert "model=bert, order=ptq" in svg and "train.lr=0.0001" in svg

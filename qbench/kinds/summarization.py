@@ -1,5 +1,6 @@
 """Abstractive summarization (XSum, CNN/DailyMail) with an encoder-decoder (BART): fine-tune with teacher forcing,
-generate with beam search, score ROUGE-1/2/L (rouge-score, stemming on, F-measure x 100).
+generate with beam search, score ROUGE-1/2/L/Lsum (rouge-score, stemming on, F-measure x 100; rougeLsum, the
+papers' ROUGE-L, on sentences split by pysbd: qbench.lmeval.rouge).
 
 Settings (task.generation.*): num_beams, max_source_length (document tokens, truncated; null = the model's
 maximum, e.g. 1024 for BART), max_target_length
@@ -115,9 +116,9 @@ def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[d
 def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list[dict]) -> dict:
     g = gen(task)
     return {
-        "metric": "ROUGE-1/2/L F-measure x 100, mean over examples; rouge-score package, use_stemmer=True, its "
-        "default tokenizer (lowercase, non-alphanumerics removed); rougeL = summary-level LCS without "
-        "sentence splitting",
+        "metric": "ROUGE-1/2/L/Lsum F-measure x 100, mean over examples; rouge-score package, use_stemmer=True, "
+        "its default tokenizer (lowercase, non-alphanumerics removed); rougeL = LCS of the whole texts; rougeLsum "
+        "= summary-level union LCS over sentences (pysbd sentence splitter), the papers' ROUGE-L",
         "generation": {**{k: v for k, v in g.items() if k != "samples"}, "max_source_length": source_length(task, tok)},
         "sources": {s: str(split_file(task, s, cfg.data_dir) or task.hub) for s in data},
         "samples": rows[: g["samples"]],

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from qbench.errors import QbenchError
 from qbench.quant import primitives as P
 
 
@@ -23,11 +24,89 @@ def round_ste(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return u + (k - u).detach()
 
 
-def lsq_init_clip(w: torch.Tensor, bits: int) -> float:
-    """LSQ's initial step 2·mean|w|/sqrt(Qp) expressed as a clip value n·step = 2·sqrt(n)·mean|w| (n = levels on
-    one side): 1.6σ at 2 bits (ternary), 4.2σ at 4 bits, 18σ at 8 bits for Gaussian weights; 1 bit: mean|w|."""
-    mult = 1.0 if bits == 1 else 2.0 * math.sqrt(P.sym_levels(bits))  # 1 bit: ±mean|w|, the L2-optimal binary scale
-    return mult * w.detach().abs().mean().item()
+INITS = ("mse", "minmax", "lsq")  # initial range of the learned-range schemes (PACT, LSQ, MDS)
+
+# Log-steps of the pattern search in `fit_step`: a warm start sweeps ±1/16, ±1/64, ±1/256 (relative moves of
+# 6 %, 1.6 %, 0.4 %) around the previous step, 7 error evaluations when nothing moves. A cold start first sweeps
+# the coarser COLD_SCALES too, so its result has passed the warm sweep: a warm refit of unchanged (w, d) returns it
+# unchanged (exports and evaluation reproduce the forward bit for bit).
+WARM_SCALES = (1 / 16, 1 / 64, 1 / 256)
+COLD_SCALES = (1 / 2, 1 / 8)
+COLD_GRID = 16  # cold start: geometric grid of clip values from mean|w|/2 to max|w|
+MAX_EVALS = 200  # safety cap on error evaluations per fit
+
+
+def grid_error(w: torch.Tensor, step: float, qn: int, qp: int, d: torch.Tensor | None = None) -> float:
+    """Σ d (w - step·k)², k = round(clamp(w/step, -qn, qp)) (ScaledFakeQuant's levels); w, d flat, d None = 1."""
+    e = (w / step).clamp_(-qn, qp).round_().mul_(step).sub_(w).square_()  # one temporary like w
+    return float(e.sum() if d is None else e @ d)
+
+
+def fit_step(w: torch.Tensor, qn: int, qp: int, d: torch.Tensor | None = None, start: float | None = None) -> float:
+    """Step s of the grid s·{-qn..qp} minimising grid_error, with qp·s <= max|w| (a clip beyond every weight only
+    coarsens the grid; at qp·s = max|w| the grid is symmetric min-max, so the fit is never worse than min-max).
+
+    Pattern search on log s, from `start` (warm) or from the best of a geometric grid of COLD_GRID clip values
+    in [mean|w|/2, max|w|] (cold): try s·exp(±h) for h in the scales, coarse to fine; on a strict decrease move
+    there, keep doubling h in that direction while it decreases, and restart the sweep; stop when a full sweep
+    finds no decrease. w: any shape (flattened), d: like w or None."""
+    w = w.detach().reshape(-1).float()
+    d = None if d is None else d.detach().reshape(-1).float()
+    amax = w.abs().max().item()
+    if amax == 0:
+        return 1e-8
+    hi = amax / qp
+
+    def err(s: float) -> float:
+        return grid_error(w, s, qn, qp, d)
+
+    if start is None:
+        lo = min(w.abs().mean().item() / 2, amax) / qp
+        grid = [lo * (hi / lo) ** (i / (COLD_GRID - 1)) for i in range(COLD_GRID - 1)] + [hi]  # hi exactly
+        errs = [err(s) for s in grid]
+        best = min(range(len(grid)), key=errs.__getitem__)
+        return _pattern_search(err, grid[best], errs[best], hi, COLD_SCALES + WARM_SCALES)
+    s0 = min(float(start), hi)
+    return _pattern_search(err, s0, err(s0), hi, WARM_SCALES)
+
+
+def _pattern_search(err, s: float, f: float, hi: float, scales: tuple[float, ...]) -> float:
+    """Local minimum of err (a float function of the step) from s (err(s) = f), capped at hi; see fit_step."""
+    evals, i = 0, 0
+    while i < len(scales) and evals < MAX_EVALS:
+        moved = False
+        for sign in (1.0, -1.0):
+            h = sign * scales[i]
+            while evals < MAX_EVALS:
+                cand = min(s * math.exp(h), hi)
+                fc = err(cand) if cand != s else f
+                evals += 1
+                if not fc < f:
+                    break
+                s, f, moved, h = cand, fc, True, 2 * h  # accelerate along a descending direction
+            if moved:
+                break
+        i = 0 if moved else i + 1
+    return s
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise QbenchError(f"scheme.init={init!r}; valid: {', '.join(INITS)}")
+
+
+def init_step(w: torch.Tensor, bits: int, init: str, qn: int, qp: int) -> float:
+    """Initial step of a learned-range quantizer with levels step·{-qn..qp} (1 bit: ±step):
+    mse: fit_step (the least-squares step, clip <= max|w|; never worse than min-max); minmax: max|w|/qp;
+    lsq: LSQ's 2·mean|w|/sqrt(qp) (as a clip 2·sqrt(n)·mean|w|: 18σ at 8 bits for Gaussian weights, beyond every
+    weight of most tensors). 1 bit (binary, qn = qp = 1): mean|w|, the L2-optimal binary scale, for every init."""
+    w = w.detach().float()
+    if bits == 1 or init == "lsq":
+        mean = w.abs().mean().item()
+        return (mean if bits == 1 else 2 * mean / math.sqrt(qp)) or 1e-8
+    if init == "minmax":
+        return w.abs().max().item() / qp or 1e-8
+    return fit_step(w, qn, qp)
 
 
 class ScaledFakeQuant(nn.Module):

@@ -26,7 +26,7 @@ class KMeans(Scheme):
     init: str = "linear"
     max_iter: int = 100
     backend: str = "qbench"
-    seed: int = 0
+    seed: int = 0  # RNG seed of init=kmeans++; conf/scheme/kmeans.yaml sets it to the run's `seed`
 
     def __post_init__(self) -> None:
         super().__post_init__()

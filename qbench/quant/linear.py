@@ -19,7 +19,7 @@ class Linear(Scheme):
 
     name: ClassVar[str] = "linear"
     symmetric: bool = False
-    granularity: str = "row"
+    granularity: str = "tensor"  # paper A: one min-max range per matrix; row: per output unit
     group_size: int = 128
 
     def __post_init__(self) -> None:

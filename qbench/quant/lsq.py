@@ -1,8 +1,11 @@
 """LSQ (Esser et al. 2020), as paper B's baseline: a learned step size s per module.
 
 Levels s·{-Qn..Qp} with Qn = 2^(b-1), Qp = 2^(b-1) - 1 (LSQ's signed grid: all 2^b codes; 2 bits = {-2,-1,0,1}·s),
-s0 = 2·mean|w|/sqrt(Qp). Gradients (STE on the rounding): w gets the upstream gradient inside the range, 0 outside;
-s gets g · Σ upstream · (round(w/s) - w/s inside, -Qn below, Qp above), with LSQ's scale g = 1/sqrt(numel·Qp).
+s0 (`init`): mse (default) = the least-squares step (`clipped.fit_step`, Qp·s0 <= max|w|), never worse than
+min-max; minmax = max|w|/Qp; lsq = LSQ's published 2·mean|w|/sqrt(Qp) (a range of 18σ at 8 bits for Gaussian
+weights, beyond every weight of most tensors). Gradients (STE on the rounding): w gets the upstream gradient
+inside the range, 0 outside; s gets g · Σ upstream · (round(w/s) - w/s inside, -Qn below, Qp above), with LSQ's
+scale g = 1/sqrt(numel·Qp).
 """
 
 from __future__ import annotations
@@ -15,31 +18,32 @@ import torch
 from torch import nn
 
 from qbench.errors import QbenchError
-from qbench.quant.clipped import ScaledFakeQuant, round_ste
+from qbench.quant.clipped import ScaledFakeQuant, check_init, init_step, round_ste
 from qbench.quant.schemes import Scheme
 
 
 @dataclass(frozen=True)
 class LSQ(Scheme):
     name: ClassVar[str] = "lsq"
+    init: str = "mse"  # s0: mse (least-squares step) | minmax (max|w| / Qp) | lsq (2·mean|w| / sqrt(Qp))
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_init(self.init)
         if self.bits < 2 or (self.embed_bits or 2) < 2:
             raise QbenchError("scheme=lsq needs bits >= 2 (and embed_bits >= 2): its 1-bit grid {-1, 0} is degenerate")
 
     def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
-        return LSQQuant(self.bits, transposed, weight)
+        return LSQQuant(self.bits, transposed, weight, self.init)
 
     def overhead_bits(self, shape2d: tuple[int, int]) -> int:
         return 3 * 32
 
 
 class LSQQuant(ScaledFakeQuant):
-    def __init__(self, bits: int, transposed: bool, weight: torch.Tensor):
+    def __init__(self, bits: int, transposed: bool, weight: torch.Tensor, init: str = "mse"):
         super().__init__(bits, transposed, qn=2 ** (bits - 1), qp=2 ** (bits - 1) - 1)
-        s0 = 2 * weight.detach().abs().mean().item() / math.sqrt(self.qp)
-        self.s = nn.Parameter(torch.tensor(s0 or 1e-8))
+        self.s = nn.Parameter(torch.tensor(init_step(weight, bits, init, self.qn, self.qp)))
         self.grad_scale = 1.0 / math.sqrt(weight.numel() * self.qp)
 
     def step(self, w: torch.Tensor) -> torch.Tensor:

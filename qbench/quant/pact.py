@@ -3,6 +3,12 @@
 Weights are clipped to [-α, α] and quantized symmetrically (α·{-n..n}/n, 2 bits = ternary) with the STE. PACT's
 gradient: the latent weight gets the upstream gradient where |w| < α (0 where clipped); α gets sign(w) times the
 upstream gradient only from the clipped weights (|w| >= α): d clip(w, -α, α) / dα.
+
+α0 (`init`): mse (default) = the clip minimising the quantization error Σ (w - q)² (`clipped.fit_step`, α0 <= max|w|),
+so the quantizer starts no worse than symmetric min-max and, with weights at or beyond α0, α gets a gradient from
+the first step; minmax = max|w|; lsq = 2·sqrt(n)·mean|w| (LSQ's range: 18σ at 8 bits for Gaussian weights, beyond
+every weight of most tensors, where dL/dα = 0 and α never moves). `alpha_init` (α0 = alpha_init·mean|w|)
+overrides `init`. 1 bit: α0 = mean|w|.
 """
 
 from __future__ import annotations
@@ -15,23 +21,28 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.clipped import ScaledFakeQuant, lsq_init_clip
+from qbench.quant.clipped import ScaledFakeQuant, check_init, init_step
 from qbench.quant.schemes import Scheme
 
 
 @dataclass(frozen=True)
 class PACT(Scheme):
     name: ClassVar[str] = "pact"
-    alpha_init: float | None = None  # α0 = alpha_init · mean|w|; None = 2·sqrt(n)·mean|w| (LSQ's initial range)
+    init: str = "mse"  # α0: mse (least-squares clip) | minmax (max|w|) | lsq (2·sqrt(n)·mean|w|)
+    alpha_init: float | None = None  # α0 = alpha_init · mean|w|, overriding `init`; None = use `init`
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_init(self.init)
         if self.alpha_init is not None and not self.alpha_init > 0:
             raise QbenchError(f"scheme.alpha_init must be > 0 or null, got {self.alpha_init!r}")
 
     def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
-        mean = weight.detach().abs().mean().item()
-        alpha = self.alpha_init * mean if self.alpha_init is not None else lsq_init_clip(weight, self.bits)
+        n = P.sym_levels(self.bits)
+        if self.alpha_init is not None:
+            alpha = self.alpha_init * weight.detach().abs().mean().item()
+        else:
+            alpha = n * init_step(weight, self.bits, self.init, n, n)
         return PACTQuant(self.bits, transposed, alpha or 1e-8)
 
     def overhead_bits(self, shape2d: tuple[int, int]) -> int:

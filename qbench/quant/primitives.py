@@ -104,12 +104,17 @@ def sym_uncode(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def act_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-tensor symmetric min-max fake-quantization of activations: s = max|x| / (2^(bits-1) - 1) (1 bit:
-    s = mean|x|, levels ±s), x -> s * round(x / s) (no clipping: max|x| is a level); a zero tensor stays zero."""
+    """Per-token symmetric min-max fake-quantization of activations x (..., features): each token (each vector
+    along the last dim) gets its own s = max|x| / (2^(bits-1) - 1) (1 bit: s = mean|x|, levels ±s), and
+    x -> s * round(x / s) (no clipping: max|x| is a level); a zero token stays zero.
+
+    Per-token dynamic ranges (as torchao's int8 dynamic per-token activation quantization) make a token's value
+    depend on that token alone: not on its batch-mates, the batch size or padding, as a per-tensor max would.
+    """
     if bits == 1:
-        s = x.abs().mean()
+        s = x.abs().mean(-1, keepdim=True)  # (..., 1)
         return torch.where(x >= 0, s, -s).to(x.dtype)
     n = 2 ** (bits - 1) - 1
-    s = x.abs().amax() / n
+    s = x.abs().amax(-1, keepdim=True) / n  # (..., 1): one scale per token
     safe = torch.where(s > 0, s, torch.ones_like(s))
     return (torch.round(x / safe) * safe).to(x.dtype)

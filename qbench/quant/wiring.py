@@ -126,16 +126,23 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
         reports.append(
             TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), s.overhead_bits(shape2d), others, s.bits)
         )
+    described = scheme.describe()
     if getattr(scheme, "act_bits", None):  # activation fake-quant on the inputs of the quantized Linear/Conv1D
         hooked = quantize_activations(model, [n for t in reports for n in (t.name, *t.shared_with)], scheme.act_bits)
-        log.info("act_bits=%d: inputs of %d Linear/Conv1D modules fake-quantized", scheme.act_bits, hooked)
+        log.info("act_bits=%d: inputs of %d Linear/Conv1D modules fake-quantized per token", scheme.act_bits, hooked)
+        described["act_granularity"] = ActFakeQuant.granularity  # the record says how activation ranges are taken
     total = sum(p.numel() for p in {id(p): p for p in _all_tensors(model)}.values())
-    return QuantReport(scheme.describe(), list(include), list(exclude), reports, total, time.perf_counter() - t0)
+    return QuantReport(described, list(include), list(exclude), reports, total, time.perf_counter() - t0)
 
 
 class ActFakeQuant(nn.Module):
-    """Forward pre-hook: the layer's input x -> per-tensor symmetric fake-quantized x (primitives.act_fake_quant),
-    value exact, gradient 1 to x (STE)."""
+    """Forward pre-hook: the layer's input x (..., in_features) -> symmetric fake-quantized x with one dynamic
+    range per token (primitives.act_fake_quant), value exact, gradient exactly 1 to x (straight-through).
+
+    Per token, not per tensor: a token's quantized input depends on that token only, so an example's outputs do
+    not change with its batch-mates, the batch size or padding."""
+
+    granularity = "token"  # recorded as scheme.act_granularity
 
     def __init__(self, bits: int):
         super().__init__()
