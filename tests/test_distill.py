@@ -1,6 +1,7 @@
 """Distillation losses by hand computation, and an end-to-end distilled QAT run with W-E-A bits."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_distill_needs_qat(bad, data_dir):
         validate(cfg)
 
 
-def tcd_trainer(max_grad_norm: float, norms: list):
+def tcd_trainer(max_grad_norm: float, norms: list, out: Path):
     """DistillTrainer (TCD with projection, lr 0, 3 steps on one fixed batch, no dropout) of a tiny BERT (hidden 16)
     against a tiny teacher (hidden 24); `norms` collects, per step, the projection's gradient norm and the norm over
     all trained parameters, as the optimizer sees them (after clipping)."""
@@ -142,7 +143,7 @@ def tcd_trainer(max_grad_norm: float, norms: list):
 
     ids = torch.randint(1, 50, (4, 6), generator=torch.Generator().manual_seed(0))
     ds = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 6] * 4, "labels": [0, 1] * 2})
-    args = TrainingArguments(output_dir="/tmp/qbench-test-tcd", per_device_train_batch_size=4, max_steps=3,
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=3,
                              learning_rate=0.0, max_grad_norm=max_grad_norm, report_to="none", use_cpu=True,
                              save_strategy="no", disable_tqdm=True, seed=0)  # fmt: skip
     spec = DistillSpec(name="tcd", tcd_weight=1.0, projection=True)
@@ -151,14 +152,14 @@ def tcd_trainer(max_grad_norm: float, norms: list):
     return trainer
 
 
-def test_tcd_projection_is_zeroed_between_steps_and_clipped():
+def test_tcd_projection_is_zeroed_between_steps_and_clipped(tmp_path):
     norms = []
-    tcd_trainer(0.0, norms).train()  # no clipping: with lr 0 and one batch every step has the same gradient
+    tcd_trainer(0.0, norms, tmp_path).train()  # no clipping: with lr 0 and one batch every step has the same gradient
     assert len(norms) == 3 and norms[0][0] > 0
     for proj, _ in norms[1:]:
         assert proj == pytest.approx(norms[0][0], rel=1e-4)  # not accumulated across steps (1x, 2x, 3x)
     clipped = []
-    trainer = tcd_trainer(1e-3, clipped)
+    trainer = tcd_trainer(1e-3, clipped, tmp_path)
     trainer.train()
     assert all(total <= 1e-3 * (1 + 1e-4) for _, total in clipped)  # clipping covers the projection
     assert any(p is trainer.proj.weight for g in trainer.optimizer.param_groups for p in g["params"])
