@@ -62,7 +62,9 @@ def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str, 
 
 def predict(model, ds, collator, train: Mapping, seed: int, device: str) -> np.ndarray:
     """Model outputs (n, num_labels) on ds, in ds order."""
-    args = training_args(train, seed, device)
+    # in order: transformers 5 also groups *evaluation* batches by length under group_by_length, which would
+    # reorder the outputs against ds (and labels)
+    args = training_args({**train, "sampler": "random"}, seed, device)
     trainer = Trainer(model=model, args=args, data_collator=collator)
     logits = trainer.predict(ds).predictions
     return logits[0] if isinstance(logits, tuple) else logits
