@@ -10,6 +10,7 @@ valid. The scheme (qbench.quant) and the distillation spec (qbench.distill.Disti
 
 from __future__ import annotations
 
+import copy
 import math
 import types
 import typing
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from qbench.distill import DistillSpec
@@ -102,6 +103,11 @@ class TrainSchema:
     optim: str = choice(*OPTIMS)
     sampler: str = choice("random", "group_by_length", default="random")  # TrainingArguments.train_sampling_strategy
     qat: QatSchema = key(factory=QatSchema)
+    # per-task settings of a recipe, {task name: {train key: value}}, merged into train for that task's cells
+    # (`for_task`): e.g. train=cpu caps SST-2's examples
+    tasks: dict[str, Any] = key(factory=dict, valid="{task name: {train key: value}} (not order, qat or tasks)",
+                                check=lambda v: all(isinstance(o, dict) and not set(o) & {"order", "qat", "tasks"}
+                                                    for o in v.values()))  # fmt: skip
 
 
 @dataclass
@@ -192,6 +198,25 @@ class Config:
     force: bool = key(False)
     study: str = key(MISSING, "a non-empty string", bool)
     cache_dir: str | None = key(None)
+
+
+def task_overrides(d: Mapping) -> dict:
+    """A resolved config dict with train.tasks[<its task>] merged into train and train.tasks dropped."""
+    train = dict(d.get("train") or {})
+    over = (train.pop("tasks", None) or {}).get((d.get("task") or {}).get("name")) or {}
+    return {**d, "train": {**train, **over}} if "train" in d else dict(d)
+
+
+def for_task(cfg: DictConfig) -> DictConfig:
+    """The composed config of one cell with its task's train.tasks entry applied (a copy; see task_overrides)."""
+    if not (cfg.train.get("tasks") or {}):
+        return cfg
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        over = out.train.tasks.get(out.task.name) or {}
+        del out.train["tasks"]
+        out.train = OmegaConf.merge(out.train, over)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

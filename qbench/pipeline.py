@@ -38,10 +38,12 @@ def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
 def validate(cfg: DictConfig) -> tuple[TaskSpec, Scheme | NoQuant]:
     """Check a composed config before any work: the scheme, every other key's type and range (qbench.config),
     model-task fit, the task spec, combinations, then that weights and data splits can be found."""
-    from qbench.config import check_config
+    from qbench.config import check_config, for_task
     from qbench.distill import DistillSpec
 
     scheme = build_scheme(cfg)  # the scheme's dataclass checks bits and its own keys
+    check_config(cfg)
+    cfg = for_task(cfg)  # and as the cell will run: with its task's train.tasks entry merged into train
     check_config(cfg)
     task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
     order, optim = cfg.train.order, cfg.train.optim
@@ -65,12 +67,14 @@ def validate(cfg: DictConfig) -> tuple[TaskSpec, Scheme | NoQuant]:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment cell and write run_dir/record.json (+ predictions.jsonl); returns the record."""
     from qbench import kinds
+    from qbench.config import for_task
     from qbench.distill import DistillSpec, teacher_options
     from qbench.models import weight_sharing
     from qbench.quant.wiring import quantize_model
     from qbench.train import finetune
 
     started, timer = datetime.now(timezone.utc), Timer()
+    cfg = for_task(cfg)  # train.tasks[<task>] merged into train: the record's config holds what ran
     task, scheme = validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; an in-process caller need not
     distill = DistillSpec.from_config(cfg.get("distill"))

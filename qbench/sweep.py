@@ -21,6 +21,8 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
+from qbench.config import task_overrides
+
 log = logging.getLogger(__name__)
 # dotted config keys (a key covers everything under it) that never change a cell's result: left out of the cell
 # id, of the FP cache key and of the table's configuration key
@@ -104,7 +106,7 @@ def resolved(cfg: DictConfig | dict) -> dict:
 def identity(cfg: DictConfig | dict) -> dict:
     """What defines a cell's result: the resolved config without EXCLUDED and unused keys, plus the local data's
     fingerprint (`data`, absent when every split comes from the hub)."""
-    d = resolved(cfg)
+    d = task_overrides(resolved(cfg))  # a recipe's per-task settings: only this task's count
     for path in [*EXCLUDED, *unused(d, scheme_name(cfg) == "none")]:
         drop(d, path)
     if "data_dir" in cfg["task"]:  # null as in older ids: `data` below says what is read, from any folder

@@ -7,7 +7,7 @@ from qbench.cli import main
 CASES = [
     (["run", "model=gpt5"], "unknown model 'gpt5'; valid: albert, bart, bert"),
     (["run", "task=squad"], "unknown task 'squad'; valid: cnn_dm, cola"),
-    (["run", "scheme=binary"], "unknown scheme 'binary'; valid: kmeans, laq, linear, lsq, mds, none, pact"),
+    (["run", "scheme=binary"], "unknown scheme 'binary'; valid: kmeans, laq, linear, linear_row, lsq, mds, none, pact"),
     (["run", "train=huge"], "unknown train 'huge'"),
     (["run", "-m", "scheme=linear,kmeens"], "unknown scheme 'kmeens'"),
     (["run", "bits=9"], "bits must be an integer in 1..8, got 9"),

@@ -53,3 +53,17 @@ def test_predictions_keep_the_dataset_order_under_length_grouping(tmp_path, data
         inputs = enc.select_columns([c for c in enc.column_names if c in tok.model_input_names])
         one = torch.cat([model(**C.collator(tok)([x])).logits for x in inputs])
     assert torch.allclose(out, one, atol=1e-5)
+
+
+def test_per_task_settings_apply_to_their_task_only(tmp_path, data_dir, monkeypatch):
+    from qbench.sweep import cell_id
+
+    monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))
+    base = cell_id(cell(tmp_path))
+    assert cell_id(cell(tmp_path, "+train.tasks.rte.epochs=5")) == base  # another task's entry: the same cell
+    assert cell_id(cell(tmp_path, "+train.tasks.sst2.epochs=2")) == cell_id(cell(tmp_path, "train.epochs=2")) != base
+    r = run(cell(tmp_path, "scheme=none", "+train.tasks.sst2.max_train_examples=32"), tmp_path / "run")
+    assert r["training"]["full_precision"]["steps"] == 2 and "tasks" not in r["config"]["train"]
+    assert r["config"]["train"]["max_train_examples"] == 32
+    with pytest.raises(QbenchError, match="train.tasks"):
+        validate(cell(tmp_path, "+train.tasks.sst2.order=ptq"))

@@ -84,9 +84,10 @@ def test_launchers_and_experiments_compose():
         assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
         cpu = compose("config", overrides=["+experiment=paper_a_glue_cpu"], return_hydra_config=True)
         grid = {k: v.split(",") for k, v in cpu.hydra.sweeper.params.items()}
-        assert cpu.model.name == "minilm" and cpu.train.order == "ptq" and cpu.study == "paper_a_glue_cpu"
-        assert grid == {"task": ["sst2", "mrpc", "rte", "cola", "stsb"], "scheme": ["none", "linear", "kmeans"],
-                        "bits": ["2", "3", "4", "8"]}  # fmt: skip
+        assert cpu.model.name == "minilm" and cpu.train.order == "ft_then_qat" and cpu.study == "paper_a_glue_cpu"
+        assert cpu.train.qat.epochs == 1 and cpu.train.qat.max_train_examples == 2000
+        assert grid == {"task": ["sst2", "mrpc", "rte", "cola", "stsb"], "bits": ["1", "2", "3", "4"],
+                        "scheme": ["none", "linear", "linear_row", "kmeans"]}  # fmt: skip
         full = compose("config", overrides=["+experiment=paper_a_glue"], return_hydra_config=True)
         params = full.hydra.sweeper.params
         assert len(params.task.split(",")) == 9 and params.bits == "1,2,3,4,5,6,7,8"

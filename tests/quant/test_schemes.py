@@ -72,4 +72,5 @@ def test_linear_rows_are_output_units_for_transposed_weights():
     w = torch.tensor([[0.0, 0.0], [1.0, 10.0], [3.0, 30.0]])
     q = Linear(bits=1, granularity="row").parametrization(w, transposed=True)(w)
     assert torch.equal(q, torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 30.0]]))
-    assert Linear(bits=2).overhead_bits((2, 3)) == 2 * 2 * 32
+    assert Linear(bits=2, granularity="row").overhead_bits((2, 3)) == 2 * 2 * 32
+    assert Linear(bits=2).overhead_bits((2, 3)) == 2 * 32  # paper A's default: one range per tensor
