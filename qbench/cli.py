@@ -106,7 +106,8 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
 
     first, given, schemes = first_cell([a for a in args if not a.startswith("-")])
     cfg = compose_cell(first, hydra=True)
-    if "-m" in args or "--multirun" in args or cfg.hydra.mode == RunMode.MULTIRUN:
+    multirun, params = "-m" in args or "--multirun" in args or cfg.hydra.mode == RunMode.MULTIRUN, {}
+    if multirun:
         params = {k: v for k, v in (cfg.hydra.sweeper.get("params") or {}).items() if k not in given}
         if params:  # e.g. +experiment=paper_b_bart sweeps task=xsum,cnn_dm: its first cell is validated
             first += first_cell([f"{k}={v}" for k, v in params.items()])[0]
@@ -118,10 +119,34 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
     try:
         if "bits" in given and set(schemes) == {"none"}:
             raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep repeats it)")
+        tasks = swept_values([*args, *(f"{k}={v}" for k, v in params.items())], "task") if multirun else []
+        check_shadowed(given, cfg, tasks or [cfg.task.name])
         validate(cfg)
     except QbenchError as e:
         fail(str(e))
     return first
+
+
+def swept_values(args: list[str], key: str) -> list[str]:
+    """Every value that `key` takes in these overrides (a sweep's list, or one value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for o in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")]):
+        if o.get_key_element().lstrip("+~") == key:
+            out += list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    return out
+
+
+def check_shadowed(given: set[str], cfg, tasks: list[str]) -> None:
+    """A train.KEY given on the command line that a task's train.tasks entry sets would be silently replaced for
+    that task (the entry is merged last): refuse it, naming the key to override instead."""
+    entries = cfg.train.get("tasks") or {}
+    for key in sorted(k for k in given if k.startswith("train.") and k.count(".") == 1):
+        for task in tasks:
+            if key[6:] in (entries.get(task) or {}):
+                raise QbenchError(f"{key} would not apply to task {task}: this recipe sets train.tasks.{task}."
+                                  f"{key[6:]}={entries[task][key[6:]]}; override that key instead")  # fmt: skip
 
 
 def run_command(args: list[str]) -> None:
