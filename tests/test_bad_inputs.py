@@ -5,8 +5,11 @@ import pytest
 from qbench.cli import main
 
 CASES = [
-    (["run", "train=cpu", "task=sst2", "train.epochs=3"], "train.epochs would not apply to task sst2: this recipe "
-     "sets train.tasks.sst2.epochs=2; override that key instead"),
+    (
+        ["run", "train=cpu", "task=sst2", "train.epochs=3"],
+        "train.epochs would not apply to task sst2: this recipe "
+        "sets train.tasks.sst2.epochs=2; override that key instead",
+    ),
     (["run", "-m", "train=cpu", "task=rte,sst2", "train.max_train_examples=100"], "would not apply to task sst2"),
     (["run", "+train.tasks.sst2.order=ptq"], "train.tasks="),
     (["run", "model=gpt5"], "unknown model 'gpt5'; valid: albert, bart, bert"),
