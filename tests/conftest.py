@@ -35,10 +35,48 @@ def qbench_env(data_dir: Path | None = None) -> dict:
     return {**os.environ, "QBENCH_DATA_DIR": str(data_dir or DATA), "PYTHONUNBUFFERED": "1"}
 
 
-def qbench(*args: str, data_dir: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the real `qbench` CLI in a subprocess (fresh Hydra state), offline."""
-    return subprocess.run(qbench_cmd(*args), capture_output=True, text=True, env=qbench_env(data_dir),
-                          timeout=timeout, cwd=REPO)  # fmt: skip
+def qbench(*args: str, data_dir: Path | None = None, timeout: int = 300, fresh: bool = False):
+    """Run the `qbench` CLI offline and return (returncode, stdout, stderr) as a CompletedProcess. In this process
+    by default (the ~6 s import of torch, transformers and Hydra is paid once per suite); `fresh=True` runs the
+    real binary in a subprocess, for what needs a new process (start-up time, kill, launchers)."""
+    if fresh:
+        return subprocess.run(qbench_cmd(*args), capture_output=True, text=True, env=qbench_env(data_dir),
+                              timeout=timeout, cwd=REPO)  # fmt: skip
+    return in_process(list(args), qbench_env(data_dir))
+
+
+def in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    """qbench.cli.main(argv) here, with env, cwd and sys.argv restored after; SystemExit gives the return code."""
+    import contextlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qbench.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_env, saved_argv, cwd = dict(os.environ), sys.argv[:], os.getcwd()
+    os.environ.update(env)
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            GlobalHydra.instance().clear()
+            try:
+                main(argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception as e:  # what the real binary would print before exiting 1
+                print(f"{type(e).__name__}: {e}", file=sys.stderr)
+                code = 1
+    finally:
+        GlobalHydra.instance().clear()
+        logging.getLogger().handlers.clear()  # Hydra's job logging writes to the run folder of that job
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def read_record(run_dir: Path) -> dict:

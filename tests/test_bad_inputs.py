@@ -155,7 +155,7 @@ def test_real_binary_exits_2_fast_offline(tmp_path):
     from tests.conftest import qbench
 
     t0 = time.perf_counter()
-    p = qbench("run", "model=bert", "scheme=kmeans", "bits=2", f"hydra.run.dir={tmp_path}")
+    p = qbench("run", "model=bert", "scheme=kmeans", "bits=2", f"hydra.run.dir={tmp_path}", fresh=True)
     # about 2 s on an idle 2-core machine (imports and config only, no hub wait); the bound leaves room for a
     # loaded CI machine while still catching huggingface_hub's retry loop (tens of seconds)
     assert p.returncode == 2 and time.perf_counter() - t0 < 30

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from qbench.config import task_overrides
 from qbench.sweep import BOOKKEEPING, EXCLUDED, QUANT_STAGE, cell_id, flatten, fp_cache_dir, under, unused
 from tests.conftest import DATA, REPO
 
@@ -57,7 +58,7 @@ def with_value(d: dict, path: str, value) -> dict:
 
 @pytest.mark.parametrize("overrides", OVERRIDES, ids=lambda o: ",".join(o) or "default")
 def test_every_key_is_in_the_identity_or_deliberately_excluded(overrides):
-    d = composed(*overrides)
+    d = task_overrides(composed(*overrides))  # as the cell runs: train.tasks[<task>] merged (tests/test_pipeline.py)
     base = keys(d)
     skip = [*EXCLUDED, *unused(d, d["scheme"]["_target_"].endswith("NoQuant"))]
     missing, fp_missing, fp_extra = [], [], []

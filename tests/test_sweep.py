@@ -114,7 +114,7 @@ def test_paper_b_cpu_experiments_compose_to_valid_cells():
 
 def test_parallel_launcher_runs_cells(tmp_path):
     p = qbench("run", "-m", "hydra/launcher=local_parallel", *DEBUG, "scheme=linear", "bits=2,4",
-               f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+               f"hydra.sweep.dir={tmp_path}", fresh=True)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert sorted(read_record(f.parent)["scheme"]["bits"] for f in tmp_path.glob("*/record.json")) == [2, 4]
 
