@@ -71,7 +71,10 @@ def in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
                 code = 1
     finally:
         GlobalHydra.instance().clear()
-        logging.getLogger().handlers.clear()  # Hydra's job logging writes to the run folder of that job
+        for name in [None, *logging.Logger.manager.loggerDict]:  # Hydra's logging config points handlers at the
+            logger = logging.getLogger(name)  # streams of this call (and the job's folder): drop them
+            if isinstance(logger, logging.Logger):
+                logger.handlers.clear()
         os.environ.clear()
         os.environ.update(saved_env)
         sys.argv = saved_argv

@@ -39,7 +39,7 @@ def test_killed_sweep_reruns_only_missing_cells(tmp_path):
     proc.wait()
     before = {f.parent.name: f.read_text() for f in tmp_path.glob("*/record.json")}
     assert 2 <= len(before) < 4
-    p = qbench(*args)
+    p = qbench(*args, fresh=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("skip (completed)") == len(before)
     after = {f.parent.name: f.read_text() for f in tmp_path.glob("*/record.json")}
