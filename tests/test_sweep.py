@@ -52,21 +52,21 @@ def test_killed_sweep_reruns_only_missing_cells(tmp_path):
 
 def test_force_reruns_a_completed_cell(tmp_path):
     args = ["run", *DEBUG, "scheme=linear", "bits=2", f"hydra.run.dir={tmp_path}"]
-    assert qbench(*args).returncode == 0
+    assert qbench(*args, fresh=True).returncode == 0
     first = read_record(tmp_path)["finished"]
-    assert "skip (completed)" in qbench(*args).stdout
+    assert "skip (completed)" in qbench(*args, fresh=True).stdout
     time.sleep(1)
-    assert qbench(*args, "force=true").returncode == 0
+    assert qbench(*args, "force=true", fresh=True).returncode == 0
     assert read_record(tmp_path)["finished"] != first
 
 
 def test_full_precision_model_is_fine_tuned_once_and_reused(tmp_path):
-    fp = qbench("run", *DEBUG, "scheme=none", f"hydra.run.dir={tmp_path / 'fp'}")
+    fp = qbench("run", *DEBUG, "scheme=none", f"hydra.run.dir={tmp_path / 'fp'}", fresh=True)
     assert fp.returncode == 0, fp.stderr[-2000:]
     assert read_record(tmp_path / "fp")["training"]["full_precision"]["cached"] is None
     for bits in (2, 4):  # ptq reuses the baseline's fine-tuned model instead of training again
         p = qbench("run", *DEBUG, "scheme=kmeans", f"bits={bits}", "train.order=ptq",
-                   f"hydra.run.dir={tmp_path / str(bits)}")  # fmt: skip
+                   f"hydra.run.dir={tmp_path / str(bits)}", fresh=True)  # fmt: skip
         assert p.returncode == 0, p.stderr[-2000:]
         r = read_record(tmp_path / str(bits))
         baseline = read_record(tmp_path / "fp")["training"]["full_precision"]
@@ -122,7 +122,7 @@ def test_parallel_launcher_runs_cells(tmp_path):
 def test_a_cells_user_error_is_recorded_and_the_sweep_goes_on(tmp_path, data_dir):
     # the local mirror has no QQP validation split: that cell fails, RTE still runs
     p = qbench("run", "-m", "train=debug", "train.max_eval_examples=16", "model=tiny_bert", "task=rte,qqp",
-               "train.order=zeroshot", f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+               "train.order=zeroshot", f"hydra.sweep.dir={tmp_path}", fresh=True)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     records = {r["task"]: r for r in (json.loads(f.read_text()) for f in tmp_path.glob("*/record.json"))}
     assert records["rte"]["status"] == "completed"
