@@ -11,13 +11,13 @@ $FP task=sst2,cola,mrpc,stsb,rte
 $Q +experiment=paper_a_glue_cpu
 # 3. PTQ of the same FP models at 1-4 and 8 bits (evaluation only)
 $Q +experiment=paper_a_glue_cpu train.order=ptq bits=1,2,3,4,8
-# 4. which order works best at 2 bits: QAT from the pre-trained model with the FP recipe's whole budget
+# 4. which order works best at 2 bits: QAT from the pre-trained model with the SST-2 FP fine-tune's whole budget
 $Q -m study=paper_a_glue_cpu train=cpu train.progress_bar=false task=sst2 scheme=linear,kmeans bits=2 \
-  train.order=qat train.qat.epochs=3 train.qat.max_train_examples=8000
+  train.order=qat train.qat.epochs=2 train.qat.max_train_examples=16000
 # 5. seeds 1 and 2 for the FP fine-tunes and every 2-bit cell
 $Q +experiment=paper_a_glue_cpu seed=1,2 bits=2
 $Q +experiment=paper_a_glue_cpu seed=1,2 bits=2 train.order=ptq
 # 6. more recipe rows: RTE at a lower lr and longer; the SST-2 probe (2,000 examples, no warmup, random batches)
 $FP task=rte train.lr=5e-5,2e-4
 $FP task=rte train.epochs=5
-$FP task=sst2 train.max_train_examples=2000 train.warmup=0.0 train.sampler=random
+$FP task=sst2 train.tasks.sst2.max_train_examples=2000 train.tasks.sst2.epochs=3 train.warmup=0.0 train.sampler=random
