@@ -248,26 +248,31 @@ def plot(paths: list[str], out: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     df = as_percent(load_records(paths))
-    df["series"] = df["scheme"] + split_labels(df, ["task", "scheme", "bits"])[0]  # one configuration a line
+    df["series"] = df["scheme"] + split_labels(across_bits(df), ["task", "scheme"])[0]  # one configuration a line
     tasks = sorted(df["task"].unique())
-    schemes = sorted(set(df.loc[df["scheme"] != "none", "series"]))
-    color = {sc: f"C{i % 10}" for i, sc in enumerate(schemes)}  # one colour per line in every panel
+    color = line_colors(df[df["scheme"] != "none"])
+    ncol = min(3, len(tasks))  # legend columns below the panels
     files = []
     for name, x in (("bits", "bits"), ("pareto", "effective_bits")):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+        rows = -(-df["series"].nunique() // ncol)
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2 + 0.2 * rows), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
             t = df[df["task"] == task]
             for scheme, s in t[t["scheme"] != "none"].groupby("series"):
                 agg = s.groupby(x)["value"].agg(["mean", "std"]).reset_index().sort_values(x)
+                style = ":" if (s["order"] == "ptq").all() else "-"  # no training after quantization: dotted
                 ax.errorbar(agg[x].astype(float), agg["mean"], yerr=agg["std"].fillna(0), marker="o", label=scheme,
-                            color=color[scheme])  # fmt: skip
+                            color=color[scheme], linestyle=style, capsize=2)  # fmt: skip
             for label, fp in t[t["scheme"] == "none"].groupby("series"):
                 ax.axhline(fp["value"].mean(), color="gray", linestyle="--", label=FP + label[len("none") :])
             ax.set_title(f"{task} ({t['metric'].iloc[0]})")
             ax.set_xlabel("bits" if x == "bits" else "effective bits / weight")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
+        legend = {}  # every line once, below the panels where it covers no point
+        for ax in axes[0]:
+            legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=8)
+        fig.tight_layout(rect=(0, (0.2 * rows + 0.1) / (3.2 + 0.2 * rows), 1, 1))
         for ext in ("png", "svg"):
             path = Path(f"{out}_{name}.{ext}")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +280,23 @@ def plot(paths: list[str], out: str) -> list[Path]:
             files.append(path)
         plt.close(fig)
     return files
+
+
+def line_colors(df: pd.DataFrame) -> dict[str, str]:
+    """A colour per line, the same in every panel: a scheme's PTQ and QAT lines share it (their styles differ),
+    lines that differ otherwise get their own."""
+    df = df.assign(ptq=df["order"] == "ptq")
+    shared = df.groupby(["scheme", "ptq"])["series"].nunique().le(1).groupby("scheme").all()
+    keys = {s: sc if shared[sc] else s for s, sc in zip(df["series"], df["scheme"], strict=True)}
+    palette = {k: f"C{i % 10}" for i, k in enumerate(sorted(set(keys.values())))}
+    return {s: palette[k] for s, k in keys.items()}
+
+
+def across_bits(df: pd.DataFrame) -> pd.DataFrame:
+    """The records with their bit-widths left out of the configuration: one line of a plot joins the bit-widths of
+    one configuration (a PTQ line reaching 8 bits where QAT stops at 4 is still the PTQ line)."""
+    configs = [{k: v for k, v in c.items() if k not in ("bits", "scheme.bits")} for c in df["config"]]
+    return df.assign(config=configs, config_key=[json.dumps(c, sort_keys=True, default=str) for c in configs])
 
 
 def table_command(argv: list[str]) -> None:

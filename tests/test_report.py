@@ -135,3 +135,14 @@ def test_plot_draws_one_line_per_configuration(tmp_path):
     main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
     svg = (tmp_path / "study_bits.svg").read_text()
     assert "model=bert, order=ptq" in svg and "train.lr=0.0001" in svg
+
+
+def test_a_ptq_line_reaching_8_bits_is_one_line(tmp_path):
+    ptq_8 = record(0.88, 42, order="ptq", bits=8)
+    ptq_8["scheme"]["bits"], ptq_8["config"]["scheme"]["bits"] = 8, 8
+    write(tmp_path / "records", [record(0.80, 42), record(0.70, 42, order="ptq"), ptq_8])
+    main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
+    svg = (tmp_path / "study_bits.svg").read_text()
+    labels = {line.strip() for line in svg.splitlines() if line.strip().startswith("<!-- mds")}
+    # the old code drew the 8-bit point as a third line, 'mds', with no order (nothing differs at 8 bits alone)
+    assert labels == {"<!-- mds (order=ft_then_qat) -->", "<!-- mds (order=ptq) -->"}, labels
