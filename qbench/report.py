@@ -37,7 +37,8 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
             key = json.dumps(config, sort_keys=True, default=str)
             rows.append({
                 "model": r["model"], "task": r["task"], "scheme": scheme_label(r), "bits": s.get("bits"),
-                "order": r.get("order"), "distill": (r.get("distill") or {}).get("name", "none"),
+                "order": None if fine_tune_only(r) else r.get("order"),
+                "distill": (r.get("distill") or {}).get("name", "none"),
                 "seed": r.get("seed"), "metric": m["name"], "split": m["split"], "value": m["value"],
                 "effective_bits": s.get("effective_bits") or 32.0, "path": str(f.parent), "config": config,
                 "config_key": key, "finished": r.get("finished", ""),
@@ -50,6 +51,21 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows).sort_values("finished").drop_duplicates("run", keep="last")
     df["bits"] = df["bits"].astype("Int64")
     return df
+
+
+def fine_tune_only(r: dict) -> bool:
+    """An FP record of a fine-tuning order: the same model whatever order quantizes it later, so it has no order of
+    its own (tables show it next to every order; `--where order=...` keeps it)."""
+    return r["scheme"].get("name") == "none" and r.get("order") in ("qat", "ptq", "ft_then_qat")
+
+
+def every_order(df: pd.DataFrame) -> pd.DataFrame:
+    """The FP rows without an order, once for each order that its task's quantized records have."""
+    fp = df["order"].isna() & (df["scheme"] == "none")
+    orders = df[~fp].dropna(subset=["order"]).groupby("task")["order"].unique()
+    copies = [df[fp & (df["task"] == task)].assign(order=o) for task, os in orders.items() for o in os]
+    lone = df[fp & ~df["task"].isin(orders.index)]  # a task with FP records only keeps them as they are
+    return pd.concat([df[~fp], lone, *copies], ignore_index=True)
 
 
 def configuration(r: dict) -> dict:
@@ -97,7 +113,10 @@ def where(df: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
         name, sep, value = cond.partition("=")
         if not sep:
             raise QbenchError(f"--where {cond!r}: expected FIELD=VALUE, e.g. order=ptq or train.lr=5e-05")
-        df = df[field(df, name).map(lambda v, value=value: same(v, value))]
+        keep = field(df, name).map(lambda v, value=value: same(v, value))
+        if name in ("order", "train.order"):
+            keep |= df["order"].isna() & (df["scheme"] == "none")  # the FP fine-tune belongs to every order
+        df = df[keep]
     if df.empty:
         raise QbenchError(f"no record matches --where {' '.join(conditions)}")
     return df
@@ -167,7 +186,7 @@ def pivot(df: pd.DataFrame, rows: list[str], cols: list[str]) -> tuple[pd.DataFr
     """(mean, std, n) tables of the main metric: rows × cols, the seeds of one configuration averaged; records of
     different configurations in one cell get columns of their own, labelled by what differs
     (mean.attrs['split'] lists those fields). The FP baseline is one column."""
-    df = as_percent(df)
+    df = as_percent(every_order(df) if "order" in (*rows, *cols) else df)
     df = df.assign(**{f: field(df, f) for f in {*rows, *cols} if f not in df.columns})
     if cols == ["scheme", "bits"]:
         df["column"] = [column_label(s, b) for s, b in zip(df["scheme"], df["bits"], strict=True)]

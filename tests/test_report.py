@@ -146,3 +146,18 @@ def test_a_ptq_line_reaching_8_bits_is_one_line(tmp_path):
     labels = {line.strip() for line in svg.splitlines() if line.strip().startswith("<!-- mds")}
     # the old code drew the 8-bit point as a third line, 'mds', with no order (nothing differs at 8 bits alone)
     assert labels == {"<!-- mds (order=ft_then_qat) -->", "<!-- mds (order=ptq) -->"}, labels
+
+
+def test_the_fp_fine_tune_is_shown_next_to_every_order(tmp_path, capsys):
+    # the FP model is the same whichever order quantizes it; its records were written by cells of both orders
+    write(tmp_path, [record(0.86, 42, scheme="none"), record(0.84, 1, scheme="none", order="ptq"),
+                     record(0.80, 42), record(0.70, 42, order="ptq")])  # fmt: skip
+    main(["table", str(tmp_path), "--rows", "task,order", "--cols", "scheme,bits"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    # the old code: FP 86.0 in the ft_then_qat row and 84.0 in the ptq row, each one seed
+    assert rows == [
+        "| sst2   | ft_then_qat | 85.0 ± 1.4 | 80.0     |",
+        "| sst2   | ptq         | 85.0 ± 1.4 | 70.0     |",
+    ]
+    main(["table", str(tmp_path), "--where", "order=ptq"])
+    assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 70.0     |"
