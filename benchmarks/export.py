@@ -42,10 +42,11 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     import qbench.cli  # noqa: F401  (registers the config's resolvers)
-    from qbench.export import export_packed, fp32_bytes, load_packed
+    from qbench.cell import build_scheme
     from qbench.models import load_model, resolve
-    from qbench.pipeline import build_scheme
+    from qbench.quant.checkpoint import export_packed, load_packed
     from qbench.quant.wiring import quantize_model
+    from qbench.size import fp32_bytes
 
     hf_logging.set_verbosity_error()
     with initialize_config_module("qbench.conf", version_base="1.3"):

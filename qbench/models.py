@@ -1,4 +1,5 @@
-"""Load a model and its tokenizer from a local folder, an installed package (pkg://), the hub, or a config."""
+"""Load a model and its tokenizer from a local folder, an installed package (pkg://), the hub, or a config; build
+a model yaml's full-size shape (`arch:`) with random weights, offline."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from urllib.parse import urlparse
 from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
+FAMILIES = {  # model.family -> the transformers auto class of its full model
+    "encoder": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
 
 
 def resolve(path: str) -> str:
@@ -38,9 +44,15 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where qbench keeps models it derives (fine-tuned FP models, converted GGUF files): `cache_dir` (the config's
+    key), else $QBENCH_CACHE, else ~/.cache/qbench."""
+    return Path(cache_dir or os.environ.get("QBENCH_CACHE") or Path.home() / ".cache" / "qbench").expanduser()
+
+
 def gguf_cache_dir() -> Path:
-    """Where converted GGUF checkpoints live: $QBENCH_CACHE/gguf, default ~/.cache/qbench/gguf."""
-    return Path(os.environ.get("QBENCH_CACHE", Path.home() / ".cache" / "qbench")).expanduser() / "gguf"
+    """Where converted GGUF checkpoints live: <cache root>/gguf."""
+    return cache_root() / "gguf"
 
 
 def materialize_gguf(gguf: Path) -> Path:
@@ -134,19 +146,43 @@ def load_tokenizer(model_cfg: Mapping):
     return tok
 
 
+def from_shape(shape: Mapping, auto_cls, seed: int, **kwargs):
+    """`auto_cls` randomly initialised (seeded) from a shape dict {model_type, sizes...}; kwargs go to the config."""
+    import torch
+    from transformers import AutoConfig
+
+    torch.manual_seed(seed)
+    shape = dict(shape)
+    return auto_cls.from_config(AutoConfig.for_model(shape.pop("model_type"), **shape, **kwargs))
+
+
 def load_model(model_cfg: Mapping, auto_cls, seed: int, **kwargs):
     """`auto_cls` (e.g. AutoModelForSequenceClassification) from pretrained weights, or randomly initialised
     from model.config when that is given; kwargs go to the config (num_labels, ...)."""
     import torch
-    from transformers import AutoConfig
 
-    torch.manual_seed(seed)  # random init of tiny models and of new heads
-    if model_cfg.get("config"):
-        cfg = dict(model_cfg["config"])
-        return auto_cls.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg, **kwargs))
+    if model_cfg.get("config"):  # random init of tiny models
+        return from_shape(model_cfg["config"], auto_cls, seed, **kwargs)
+    torch.manual_seed(seed)  # random init of new heads
     # float32 master weights whatever the checkpoint stores: transformers 5 loads a bf16/fp16 file in its own
     # dtype, and Trainer would then train (and quantize) in half precision, which diverges
     return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", dtype=torch.float32, **kwargs)
+
+
+def arch_model(model_cfg: Mapping, seed: int = 0):
+    """The full-size model of a model yaml's `arch:` dict (else its `config:`, for tiny test models), randomly
+    initialised, offline (no weights needed): family encoder -> AutoModelForSequenceClassification (2 labels),
+    causal_lm -> AutoModelForCausalLM, seq2seq -> AutoModelForSeq2SeqLM."""
+    import transformers
+
+    shape, family = model_cfg.get("arch") or model_cfg.get("config"), model_cfg.get("family", "encoder")
+    if not shape:
+        raise QbenchError(f"model={model_cfg.get('name')}: no `arch:` dict in its yaml; add the architecture's "
+                          "shape fields (model_type, sizes) to size it offline")  # fmt: skip
+    if family not in FAMILIES:
+        raise QbenchError(f"model.family={family!r}; valid: {', '.join(FAMILIES)}")
+    kwargs = {"num_labels": 2} if family == "encoder" else {}
+    return from_shape(shape, getattr(transformers, FAMILIES[family]), seed, **kwargs)
 
 
 def weight_sharing(model) -> dict | None:

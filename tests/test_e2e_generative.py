@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qbench.lmeval import lm_windows
+from qbench.kinds.generative import lm_windows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA, TOKENIZER = SHARED / "data", SHARED / "models" / "gpt2-tokenizer"

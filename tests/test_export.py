@@ -20,18 +20,11 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from qbench.export import (
-    PACKED_NAME,
-    export_packed,
-    fp32_bytes,
-    load_packed,
-    paper_b_bits,
-    safetensors_nbytes,
-    size_section,
-)
+from qbench.quant.checkpoint import PACKED_NAME, export_packed, load_packed
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
 from qbench.quant.wiring import quantize_model
+from qbench.size import fp32_bytes, paper_b_bits, safetensors_nbytes, size_section
 from tests.conftest import qbench, read_record
 
 GPT2_INCLUDE = ["*transformer.wte.weight", "*transformer.h.*"]  # lm_head (tied to wte) deliberately not named

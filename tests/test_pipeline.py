@@ -4,8 +4,9 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import qbench.cli  # noqa: F401  (registers the cell_id resolver the config uses)
+from qbench.cell import validate
 from qbench.errors import QbenchError
-from qbench.pipeline import run, validate
+from qbench.pipeline import run
 
 
 def cell(tmp_path, *overrides):

@@ -95,8 +95,8 @@ def test_launchers_and_experiments_compose():
 
 def test_paper_b_cpu_experiments_compose_to_valid_cells():
     """Every cell of the CPU paper B grids builds its scheme (2-2-8) and distillation spec."""
+    from qbench.cell import build_scheme
     from qbench.distill import DistillSpec
-    from qbench.pipeline import build_scheme
 
     with initialize_config_module("qbench.conf", version_base="1.3"):
         for name, model, task, order in [("paper_b_minilm_cpu", "minilm", "sst2", "ft_then_qat"),

@@ -3,7 +3,7 @@
 A split's text is its rows (lines of the .txt file, or the hub dataset's rows) with trailing newlines removed,
 joined by '\\n': for a local file, the file as is. It is tokenized once, without special tokens, and the
 tokenizer's BOS token (EOS if it has none: GPT-2's <|endoftext|>) is put in front as the document start, which is
-never scored; every other token is scored exactly once (qbench.lmeval.lm_windows).
+never scored; every other token is scored exactly once (qbench.kinds.generative.lm_windows).
 
 Settings (task.lm.*):
   context_length  tokens per evaluation window; null = the model's maximum context (max_position_embeddings)
@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
-from qbench.lmeval import eval_device, pad_collator, perplexity
+from qbench.kinds.generative import eval_device, pad_collator, perplexity
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec

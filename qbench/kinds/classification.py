@@ -11,6 +11,7 @@ from qbench.data import load_task_data
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec
+from qbench.train import predict
 
 
 def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
@@ -50,8 +51,6 @@ def collator(tok):
 
 def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
     """Metrics per evaluation split and one row per example (split, idx, label, prediction)."""
-    from qbench.train import predict
-
     metrics, rows = {}, []
     for split in task.eval_splits:
         raw, enc = data[split]

@@ -22,7 +22,7 @@ from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
 from qbench.kinds.causal_lm import load_model as _load_causal
 from qbench.kinds.causal_lm import model_context
-from qbench.lmeval import IGNORE, eval_device, pad_collator, summarize, token_scores
+from qbench.kinds.generative import IGNORE, eval_device, pad_collator, summarize, token_scores
 from qbench.tasks import TaskSpec
 
 

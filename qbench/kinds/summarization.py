@@ -1,6 +1,6 @@
 """Abstractive summarization (XSum, CNN/DailyMail) with an encoder-decoder (BART): fine-tune with teacher forcing,
 generate with beam search, score ROUGE-1/2/L/Lsum (rouge-score, stemming on, F-measure x 100; rougeLsum, the
-papers' ROUGE-L, on sentences split by pysbd: qbench.lmeval.rouge).
+papers' ROUGE-L, on sentences split by pysbd: qbench.kinds.generative.rouge).
 
 Settings (task.generation.*): num_beams, max_source_length (document tokens, truncated; null = the model's
 maximum, e.g. 1024 for BART), max_target_length
@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
-from qbench.lmeval import eval_device, pad_collator, rouge
+from qbench.kinds.generative import eval_device, pad_collator, rouge
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec

@@ -37,9 +37,6 @@ class Linear(Scheme):
             )
         return LinearFakeQuant(self, transposed)
 
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 2 * 32 * P.n_groups(shape2d, self.granularity, self.group_size)  # fp32 scale + offset per group
-
 
 class StraightThrough(torch.autograd.Function):
     """Forward: the quantized tensor q as it is; backward: the gradient goes to the latent w unchanged (STE)."""

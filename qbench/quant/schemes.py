@@ -1,7 +1,8 @@
 """Scheme base class: a small validated dataclass that turns one weight into a quantizing parametrization.
 
-A concrete scheme (one file each: `linear.py`, `kmeans.py`, ...) implements `parametrization` and
-`overhead_bits`; `qbench.quant.wiring.quantize_model` attaches the parametrizations to a model.
+A concrete scheme (one file each: `linear.py`, `kmeans.py`, ...) implements `parametrization`, whose module also
+implements the packing protocol (qbench.quant.packing.Packable): what it packs is also what its size is (side
+tensors = overhead bits). `qbench.quant.wiring.quantize_model` attaches the parametrizations to a model.
 """
 
 from __future__ import annotations
@@ -49,10 +50,6 @@ class Scheme:
     def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
         """Module mapping the latent weight to its quantized value (same shape). `transposed`: the weight is
         stored (in, out) as in GPT-2's Conv1D, so output units are its columns."""
-        raise NotImplementedError
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        """Bits of side information (codebook, scales, offsets) stored besides the b-bit codes."""
         raise NotImplementedError
 
     def describe(self) -> dict:

@@ -18,8 +18,9 @@ from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from qbench.errors import QbenchError
+from qbench.quant.packing import side_bits
 from qbench.quant.primitives import act_fake_quant, sqnr_db
-from qbench.quant.schemes import Scheme, as_2d
+from qbench.quant.schemes import Scheme
 
 QUANTIZABLE = (nn.Linear, nn.Embedding, Conv1D)
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class TensorReport:
     shape: list[int]
     numel: int
     sqnr_db: float
-    overhead_bits: int
+    overhead_bits: int  # side tensors of the packed state (codebook, scales...), qbench.quant.packing.side_bits
     shared_with: list[str] = field(default_factory=list)  # other names of the same tensor
     bits: int | None = None  # this tensor's bits (embed_bits for nn.Embedding weights); None = the scheme's
 
@@ -122,10 +123,8 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
                 parametrize.register_parametrization(mod, "weight", p, unsafe=True)
         if hasattr(p, "centroids"):  # the latent tensor is no longer used: do not train it
             module.parametrizations.weight.original.requires_grad_(False)
-        shape2d = tuple(as_2d(w, transposed).shape)
-        reports.append(
-            TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), s.overhead_bits(shape2d), others, s.bits)
-        )
+        overhead = side_bits(p.packed_state(w.detach()))  # what the packer stores besides the codes
+        reports.append(TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), overhead, others, s.bits))
     described = scheme.describe()
     if getattr(scheme, "act_bits", None):  # activation fake-quant on the inputs of the quantized Linear/Conv1D
         hooked = quantize_activations(model, [n for t in reports for n in (t.name, *t.shared_with)], scheme.act_bits)

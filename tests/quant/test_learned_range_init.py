@@ -111,7 +111,7 @@ def test_published_and_min_max_inits_stay_available():
 def test_kmeans_seed_is_the_runs_seed():
     from hydra import compose, initialize_config_dir
 
-    from qbench.pipeline import build_scheme
+    from qbench.cell import build_scheme
 
     conf = Path(__file__).resolve().parents[2] / "conf"  # this checkout's conf/ (= the package's qbench.conf)
     with initialize_config_dir(str(conf), version_base="1.3"):

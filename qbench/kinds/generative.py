@@ -1,4 +1,4 @@
-"""Metrics and batching of the generative kinds: perplexity over context windows, response-token scores, ROUGE.
+"""What the generative kinds (causal_lm, dialog, summarization) share: padding, perplexity windows, token scores, ROUGE.
 
 Perplexity is exp(mean negative log-likelihood, in nats, of the scored tokens); token accuracy is the share of
 scored tokens that are the model's argmax prediction. Both are per model token (the model's own tokenizer).
