@@ -32,6 +32,7 @@ def main() -> None:
 
     import qbench.cli  # noqa: F401  (registers the config's resolvers)
     from qbench.cell import build_scheme
+    from qbench.config import model_schema
     from qbench.models import arch_model
     from qbench.size import size_of_model
 
@@ -47,7 +48,7 @@ def main() -> None:
                 for bits in args.bits.split(","):
                     cfg = compose("config", overrides=[f"model={model_name}", f"scheme={scheme}", f"bits={bits}"])
                     if base is None:
-                        base = arch_model(cfg.model, cfg.seed)
+                        base = arch_model(model_schema(cfg.model), cfg.seed)
                     t0 = time.perf_counter()
                     m = cfg.model
                     s, _ = size_of_model(copy.deepcopy(base), build_scheme(cfg), m.include, m.exclude, m.name)

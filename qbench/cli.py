@@ -119,14 +119,14 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
     cfg = compose_cell(first)
     if not full:  # `qbench size`: composing is enough (no data, no weights needed)
         return first
-    from qbench.cell import validate
+    from qbench.cell import parse
 
     try:
         if "bits" in given and set(schemes) == {"none"}:
             raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep repeats it)")
         tasks = swept_values([*args, *(f"{k}={v}" for k, v in params.items())], "task") if multirun else []
         check_shadowed(given, cfg, tasks or [cfg.task.name])
-        validate(cfg)
+        parse(cfg)
     except QbenchError as e:
         fail(str(e))
     return first
@@ -273,6 +273,7 @@ def export_command(args: list[str]) -> None:
 def size_command(args: list[str]) -> None:
     """`qbench size [overrides]`: the full-shape model of model.arch, quantized, packed to a temporary file."""
     from qbench.cell import build_scheme
+    from qbench.config import model_schema
     from qbench.models import arch_model
     from qbench.quant.schemes import NoQuant
     from qbench.size import size_of_model
@@ -289,7 +290,7 @@ def size_command(args: list[str]) -> None:
         scheme = build_scheme(cfg)
         if isinstance(scheme, NoQuant):
             raise QbenchError("scheme=none: nothing is quantized; pick scheme=kmeans or scheme=linear")
-        model = arch_model(cfg.model, cfg.seed)
+        model = arch_model(model_schema(cfg.model), cfg.seed)
         print(size_of_model(model, scheme, cfg.model.include, cfg.model.exclude, cfg.model.name)[1])
     except QbenchError as e:
         fail(str(e))

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+from qbench.config import ModelSchema
 from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
@@ -109,32 +110,32 @@ def from_pretrained(loader, name: str, what: str, **kwargs):
         ) from None
 
 
-def check_available(model_cfg: Mapping) -> None:
+def check_available(model_cfg: ModelSchema) -> None:
     """Fail fast (before heavy imports) when weights are neither local, cached, nor reachable on the hub."""
     from huggingface_hub import try_to_load_from_cache
 
     for key in ("name_or_path", "tokenizer"):
-        name = model_cfg.get(key)
-        if not name or Path(resolve(name)).exists() or (key == "name_or_path" and model_cfg.get("config")):
+        name = getattr(model_cfg, key)
+        if not name or Path(resolve(name)).exists() or (key == "name_or_path" and model_cfg.config):
             continue
         if Path(name).is_absolute() or name.startswith("."):
             raise QbenchError(f"model.{key}={name}: no such folder")
         if isinstance(try_to_load_from_cache(name, "config.json"), str) or hub_reachable():
             continue
         raise QbenchError(
-            f"model={model_cfg['name']}: {name!r} is not in the local HF cache and the hub is unreachable; "
+            f"model={model_cfg.name}: {name!r} is not in the local HF cache and the hub is unreachable; "
             f"download it where there is network (hf download {name}) or point at local weights with "
             f"model.{key}=/path/to/{name.split('/')[-1]}"
         )
 
 
-def load_tokenizer(model_cfg: Mapping):
+def load_tokenizer(model_cfg: ModelSchema):
     """The model's tokenizer (model.tokenizer, else model.name_or_path), with a pad token."""
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    name = model_cfg.tokenizer or model_cfg.name_or_path
     if not name:
-        raise QbenchError(f"model={model_cfg['name']}: set model.tokenizer or model.name_or_path")
+        raise QbenchError(f"model={model_cfg.name}: set model.tokenizer or model.name_or_path")
     folder = Path(resolve(name))
     bare_bpe = (folder / "merges.txt").is_file() and not any(
         (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
@@ -156,28 +157,28 @@ def from_shape(shape: Mapping, auto_cls, seed: int, **kwargs):
     return auto_cls.from_config(AutoConfig.for_model(shape.pop("model_type"), **shape, **kwargs))
 
 
-def load_model(model_cfg: Mapping, auto_cls, seed: int, **kwargs):
+def load_model(model_cfg: ModelSchema, auto_cls, seed: int, **kwargs):
     """`auto_cls` (e.g. AutoModelForSequenceClassification) from pretrained weights, or randomly initialised
     from model.config when that is given; kwargs go to the config (num_labels, ...)."""
     import torch
 
-    if model_cfg.get("config"):  # random init of tiny models
-        return from_shape(model_cfg["config"], auto_cls, seed, **kwargs)
+    if model_cfg.config:  # random init of tiny models
+        return from_shape(model_cfg.config, auto_cls, seed, **kwargs)
     torch.manual_seed(seed)  # random init of new heads
     # float32 master weights whatever the checkpoint stores: transformers 5 loads a bf16/fp16 file in its own
     # dtype, and Trainer would then train (and quantize) in half precision, which diverges
-    return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", dtype=torch.float32, **kwargs)
+    return from_pretrained(auto_cls, model_cfg.name_or_path, "model", dtype=torch.float32, **kwargs)
 
 
-def arch_model(model_cfg: Mapping, seed: int = 0):
+def arch_model(model_cfg: ModelSchema, seed: int = 0):
     """The full-size model of a model yaml's `arch:` dict (else its `config:`, for tiny test models), randomly
     initialised, offline (no weights needed): family encoder -> AutoModelForSequenceClassification (2 labels),
     causal_lm -> AutoModelForCausalLM, seq2seq -> AutoModelForSeq2SeqLM."""
     import transformers
 
-    shape, family = model_cfg.get("arch") or model_cfg.get("config"), model_cfg.get("family", "encoder")
+    shape, family = model_cfg.arch or model_cfg.config, model_cfg.family
     if not shape:
-        raise QbenchError(f"model={model_cfg.get('name')}: no `arch:` dict in its yaml; add the architecture's "
+        raise QbenchError(f"model={model_cfg.name}: no `arch:` dict in its yaml; add the architecture's "
                           "shape fields (model_type, sizes) to size it offline")  # fmt: skip
     if family not in FAMILIES:
         raise QbenchError(f"model.family={family!r}; valid: {', '.join(FAMILIES)}")

@@ -16,12 +16,6 @@ import torch.nn.functional as F
 IGNORE = -100  # label of a position that is not scored (HF convention)
 
 
-def eval_device(cfg) -> torch.device:
-    """cfg.device: auto = CUDA when available."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
-
-
 @dataclass(frozen=True)
 class Window:
     """One forward pass over inputs tokens[begin:end]; its logits at positions first-1 .. end-1 score the
