@@ -23,7 +23,7 @@ from qbench.distill import DistillSpec
 from qbench.errors import QbenchError
 from qbench.fp_cache import fp_cache_dir
 from qbench.models import check_available
-from qbench.quant.schemes import NoQuant, Scheme
+from qbench.quant.schemes import Calibration, NoQuant, Scheme
 from qbench.sweep import cell_id, data_identity
 from qbench.tasks import TaskSpec
 
@@ -64,6 +64,20 @@ class Cell:
     def quantize(self) -> bool:
         return not isinstance(self.scheme, NoQuant)
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The statistics the scheme measures before quantizing (None: a data-free scheme, or none)."""
+        return needs_calibration(self.scheme)
+
+    @property
+    def needs_train(self) -> bool:
+        """Whether the run reads the training split: to fine-tune, or to calibrate the scheme."""
+        return self.order != "zeroshot" or self.calibration is not None
+
+
+def needs_calibration(scheme: Scheme | NoQuant) -> Calibration | None:
+    return None if isinstance(scheme, NoQuant) else scheme.calibration()
+
 
 def build_scheme(cfg: DictConfig) -> Scheme | NoQuant:
     """Instantiate cfg.scheme, turning validation errors and contradictions into QbenchError."""
@@ -100,7 +114,8 @@ def parse(cfg: DictConfig) -> Cell:
     distill = DistillSpec.from_config(OmegaConf.to_container(cfg.distill, resolve=True))  # as written, once
     check_combinations(scheme, c.train, distill)
     check_available(c.model)
-    for split in ((task.train_split,) if c.train.order != "zeroshot" else ()) + task.eval_splits:
+    reads_train = c.train.order != "zeroshot" or needs_calibration(scheme) is not None
+    for split in ((task.train_split,) if reads_train else ()) + task.eval_splits:
         split_file(task, split, c.data_dir)  # a missing local split fails here, naming its path
     return Cell(id=cell_id(cfg), model=c.model, task=task, scheme=scheme, train=c.train, qat=qat_stage(c.train),
                 distill=distill, data=DataSource(c.data_dir, data_identity(cfg)), seed=c.seed,

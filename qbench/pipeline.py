@@ -1,4 +1,5 @@
-"""The experiment pipeline: `run(cell, run_dir)` loads, quantizes, fine-tunes, evaluates and writes the record."""
+"""The experiment pipeline: `run(cell, run_dir)` loads, (fine-tunes, calibrates,) quantizes, fine-tunes,
+evaluates and writes the record."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qbench import kinds
+from qbench.calibrate import calibrate
 from qbench.cell import Cell, parse, resolve_device
 from qbench.config import TrainSchema
 from qbench.distill import DistillTrainer
@@ -33,8 +35,8 @@ def run(cell: Cell | DictConfig, run_dir: Path) -> dict:
     kind, order, task, scheme = kinds.get(cell.task.kind), cell.order, cell.task, cell.scheme
     with timer("load"):
         model, tok = kind.load_model(cell.model, task, cell.seed)
-        data = kind.load_data(cell, tok, need_train=order != "zeroshot")
-    train_ds = data[task.train_split].inputs if order != "zeroshot" else None
+        data = kind.load_data(cell, tok, need_train=cell.needs_train)
+    train_ds = data[task.train_split].inputs if cell.needs_train else None
 
     def fit(m, stage: TrainSchema = cell.train, **options) -> dict:  # fine-tune m in place on the training split
         examples = head(train_ds, stage.max_train_examples)  # QAT: the first N of the FP stage's examples
@@ -47,9 +49,14 @@ def run(cell: Cell | DictConfig, run_dir: Path) -> dict:
     if order in ("ptq", "ft_then_qat") or (order == "qat" and not cell.quantize):
         with timer("train_fp"):  # once per (model, task, seed, training config), then from the cache
             model, training["full_precision"] = finetuned_fp(cell.fp_cache, model, tok, fit, load_fp)
+    stats = None
+    if cell.calibration:  # what a data-aware scheme measures first, on the model about to be quantized
+        with timer("calibrate"):
+            stats = calibrate(model, cell.calibration, train_ds, kind.collator(tok), cell.train.batch_size,
+                              cell.model.include, cell.model.exclude)  # fmt: skip
     if cell.quantize:
         with timer("quantize"):
-            quant = quantize_model(model, scheme, cell.model.include, cell.model.exclude).summary()
+            quant = quantize_model(model, scheme, cell.model.include, cell.model.exclude, stats).summary()
         quant["weight_sharing"] = weight_sharing(model)
     if cell.quantize and order in ("qat", "ft_then_qat"):
         options = {"callbacks": scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments

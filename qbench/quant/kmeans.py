@@ -23,6 +23,7 @@ BACKENDS = ("qbench", "sklearn")
 @dataclass(frozen=True)
 class KMeans(Scheme):
     name: ClassVar[str] = "kmeans"
+    latent_trained: ClassVar[bool] = False  # once clustered, only the codebook trains (Codebook ignores the latent)
     init: str = "linear"
     max_iter: int = 100
     backend: str = "qbench"
@@ -44,7 +45,7 @@ class KMeans(Scheme):
             res = kmeans_1d(weight, k, self.init, self.max_iter, seed=self.seed)
         return res.centroids, res.labels.reshape(weight.shape)
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         centroids, labels = self.cluster(weight)
         return Codebook(centroids.to(weight.dtype), labels)
 

@@ -39,7 +39,7 @@ class LAQ(Scheme):
         if not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise QbenchError(f"scheme.eps must be > 0, got {self.eps!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         return LAQQuant(self.bits, transposed, self.eps)
 
     def train_callbacks(self) -> list:

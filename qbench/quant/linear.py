@@ -29,7 +29,7 @@ class Linear(Scheme):
         if self.granularity == "group" and self.group_size < 2:
             raise QbenchError(f"scheme.group_size must be >= 2, got {self.group_size}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         if self.granularity == "group" and as_2d(weight, transposed).shape[1] % self.group_size:
             raise QbenchError(
                 f"scheme.group_size={self.group_size} does not divide a row of length "

@@ -33,7 +33,7 @@ class LSQ(Scheme):
         if self.bits < 2 or (self.embed_bits or 2) < 2:
             raise QbenchError("scheme=lsq needs bits >= 2 (and embed_bits >= 2): its 1-bit grid {-1, 0} is degenerate")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         return LSQQuant(self.bits, transposed, weight, self.init)
 
 

@@ -40,7 +40,7 @@ class MDS(Scheme):
         if self.gamma_init is not None and not self.gamma_init > 0:
             raise QbenchError(f"scheme.gamma_init must be > 0 or null, got {self.gamma_init!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         if self.gamma_init is not None:
             gamma = self.gamma_init
         else:  # γ0 = α0 / mean|w|

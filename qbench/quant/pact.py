@@ -37,7 +37,7 @@ class PACT(Scheme):
         if self.alpha_init is not None and not self.alpha_init > 0:
             raise QbenchError(f"scheme.alpha_init must be > 0 or null, got {self.alpha_init!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         n = P.sym_levels(self.bits)
         if self.alpha_init is not None:
             alpha = self.alpha_init * weight.detach().abs().mean().item()
