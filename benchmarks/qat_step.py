@@ -13,10 +13,14 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
+from qbench.cli import conf_dir
+from qbench.config import model_schema
 from qbench.models import load_model
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
@@ -28,8 +32,9 @@ CONFIGS = {"fp32": None, "linear 2-bit": Linear(bits=2), "kmeans 2-bit": KMeans(
 
 def build(scheme, path: str, device: torch.device):
     # qbench's loader: float32 master weights whatever dtype the checkpoint stores
-    model = load_model({"name": "minilm", "name_or_path": path, "config": None}, AutoModelForSequenceClassification,
-                       0, num_labels=2).to(device)  # fmt: skip
+    minilm = model_schema(OmegaConf.load(conf_dir() / "model" / "minilm.yaml"))
+    model = load_model(replace(minilm, name_or_path=path), AutoModelForSequenceClassification, 0, num_labels=2)
+    model.to(device)
     if scheme is not None:
         quantize_model(model, scheme, INCLUDE, [])
     model.train()

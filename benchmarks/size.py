@@ -31,7 +31,10 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     import qbench.cli  # noqa: F401  (registers the config's resolvers)
-    from qbench.export import arch_model, size_of_config
+    from qbench.cell import build_scheme
+    from qbench.config import model_schema
+    from qbench.models import arch_model
+    from qbench.size import size_of_model
 
     hf_logging.set_verbosity_error()
     head = (f"{'model':6s} {'scheme':7s} {'bits':>4s} {'eff.bits':>8s} {'quantized MB':>12s} {'fp MB':>7s} "
@@ -45,9 +48,10 @@ def main() -> None:
                 for bits in args.bits.split(","):
                     cfg = compose("config", overrides=[f"model={model_name}", f"scheme={scheme}", f"bits={bits}"])
                     if base is None:
-                        base = arch_model(cfg.model, cfg.seed)
+                        base = arch_model(model_schema(cfg.model), cfg.seed)
                     t0 = time.perf_counter()
-                    s, _ = size_of_config(cfg, copy.deepcopy(base))
+                    m = cfg.model
+                    s, _ = size_of_model(copy.deepcopy(base), build_scheme(cfg), m.include, m.exclude, m.name)
                     paper = PAPER_B_2BIT.get(model_name) if bits == "2" else None
                     rows.append(
                         f"{model_name:6s} {scheme:7s} {bits:>4s} {s['effective_bits']:8.4f} "

@@ -20,7 +20,7 @@ class PrintTable(Callback):
         self.rows, self.cols, self.digits = rows.split(","), cols.split(","), digits
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from qbench.report import table
+        from qbench.report import table  # on use: pandas and matplotlib stay out of every job's start-up
 
         sweep = Path(config.hydra.sweep.dir)
         try:

@@ -1,11 +1,16 @@
-"""Command line: `qbench run [hydra overrides]`, `qbench --help`.
+"""Command line: `qbench run|export|size|table|plot`, `qbench --help`.
 
 User errors (unknown names, bad values, missing data or weights) print one line and exit 2, with no record.
 A crash inside a run writes a 'failed' record; in a multirun the sweep goes on to the next cell.
+
+Lazy imports, deliberately: each command imports what it runs when it runs (Hydra; qbench's pipeline, cell,
+size and sweep modules pull in torch and transformers; the report pandas and matplotlib), so `qbench --help`
+answers at once and a bad group name fails before torch is loaded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import datetime, timezone
@@ -114,14 +119,14 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
     cfg = compose_cell(first)
     if not full:  # `qbench size`: composing is enough (no data, no weights needed)
         return first
-    from qbench.pipeline import validate
+    from qbench.cell import parse
 
     try:
         if "bits" in given and set(schemes) == {"none"}:
             raise QbenchError("scheme=none is the full-precision baseline: drop bits=... (a bits sweep repeats it)")
         tasks = swept_values([*args, *(f"{k}={v}" for k, v in params.items())], "task") if multirun else []
         check_shadowed(given, cfg, tasks or [cfg.task.name])
-        validate(cfg)
+        parse(cfg)
     except QbenchError as e:
         fail(str(e))
     return first
@@ -196,10 +201,66 @@ def job(cfg) -> float | None:
     return m["value"]
 
 
-def export_command(args: list[str]) -> None:
-    """`qbench export RUN_DIR`: see qbench.export.EXPORT_HELP."""
-    from qbench.export import EXPORT_HELP, export_run
+EXPORT_HELP = """usage: qbench export RUN_DIR
 
+Write the packed low-bit checkpoint RUN_DIR/model.packed.safetensors of a completed quantized run.
+
+A run keeps no model weights unless it was started with export=true (qbench run ... export=true writes the
+packed file right after training). For a run without it, `qbench export` re-runs the run's resolved config
+(RUN_DIR/record.json, else RUN_DIR/.hydra/config.yaml) with export=true in RUN_DIR: the model is rebuilt, quantized
+and fine-tuned again with the same seed, and the new record.json (with the file's size) replaces the old one,
+which is kept as record.before-export.json; the command prints both main metrics so a difference is visible.
+If the packed file already exists, it is loaded back (to check it rebuilds the model) and its size is printed.
+Load it in Python with qbench.quant.checkpoint.load_packed(path)."""
+
+
+def export_run(run_dir: str | Path) -> str:
+    """`qbench export RUN_DIR` (see EXPORT_HELP); returns the lines to print."""
+    from qbench.pipeline import run
+    from qbench.quant.checkpoint import PACKED_NAME, load_packed
+
+    run_dir = Path(run_dir)
+    packed, rec_path, hydra_cfg = run_dir / PACKED_NAME, run_dir / "record.json", run_dir / ".hydra" / "config.yaml"
+    record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    if packed.is_file():
+        load_packed(packed)
+        s = (record or {}).get("size") or {}
+        ratio = f", ratio to fp32 {s['ratio_fp32']:.2f}x" if "ratio_fp32" in s else ""
+        return f"already exported: {packed} ({packed.stat().st_size:,d} bytes{ratio}); it loads back"
+    if record is not None:
+        if record.get("status") != "completed":
+            raise QbenchError(f"{rec_path}: status {record.get('status')!r}; only a completed run can be exported")
+        cfg = OmegaConf.create(record["config"])
+    elif hydra_cfg.is_file():
+        cfg = OmegaConf.load(hydra_cfg)
+    else:
+        raise QbenchError(f"{run_dir}: no record.json or .hydra/config.yaml; not a qbench run directory")
+    if str(cfg.scheme.get("_target_", "")).endswith("NoQuant"):
+        raise QbenchError(f"{run_dir}: scheme=none, nothing is quantized; there is no packed checkpoint to write")
+    cfg.export = True
+    before = run_dir / "record.before-export.json"
+    if record is not None:
+        before.write_text(rec_path.read_text())
+    try:
+        new = run(cfg, run_dir)
+    except BaseException:
+        if record is not None:  # leave the run directory as it was
+            rec_path.write_text(before.read_text())
+            before.unlink()
+        raise
+    m, s = new["main_metric"], new["size"]
+    lines = [f"re-ran {run_dir} with export=true: {packed} ({s['packed_bytes']:,d} bytes, "
+             f"ratio to fp32 {s['ratio_fp32']:.2f}x, paper B {s['ratio_paper']:.2f}x)"]  # fmt: skip
+    if record is not None:
+        old = record["main_metric"]["value"]
+        same = "same as" if old == m["value"] else "DIFFERS from"
+        lines.append(f"{m['split']} {m['name']}={m['value']:.4f}, {same} the original record's {old:.4f} "
+                     f"(kept as {before.name})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def export_command(args: list[str]) -> None:
+    """`qbench export RUN_DIR`: see EXPORT_HELP."""
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print(EXPORT_HELP)
         return None if args and args[0] in ("-h", "--help") else fail("qbench export takes one RUN_DIR")
@@ -211,9 +272,11 @@ def export_command(args: list[str]) -> None:
 
 def size_command(args: list[str]) -> None:
     """`qbench size [overrides]`: the full-shape model of model.arch, quantized, packed to a temporary file."""
-    from hydra import compose, initialize_config_module
-
-    from qbench.export import size_of_config
+    from qbench.cell import build_scheme
+    from qbench.config import model_schema
+    from qbench.models import arch_model
+    from qbench.quant.schemes import NoQuant
+    from qbench.size import size_of_model
 
     if any(a in ("-h", "--help") for a in args):
         print(
@@ -222,11 +285,13 @@ def size_command(args: list[str]) -> None:
             "bytes and ratios; the last line is ratio_fp32=<x> ratio_paper=<y> (paper B: Tao et al. 2022)."
         )
         return
-    first = check_overrides(args, full=False)
-    with initialize_config_module("qbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=first)
+    cfg = compose_cell(check_overrides(args, full=False))
     try:
-        print(size_of_config(cfg)[1])
+        scheme = build_scheme(cfg)
+        if isinstance(scheme, NoQuant):
+            raise QbenchError("scheme=none: nothing is quantized; pick scheme=kmeans or scheme=linear")
+        model = arch_model(model_schema(cfg.model), cfg.seed)
+        print(size_of_model(model, scheme, cfg.model.include, cfg.model.exclude, cfg.model.name)[1])
     except QbenchError as e:
         fail(str(e))
 

@@ -243,6 +243,21 @@ def check_config(cfg: DictConfig | Mapping) -> dict:
     return data
 
 
+def typed_config(cfg: DictConfig) -> Config:
+    """check_config(cfg), then the config as typed objects: Config with ModelSchema, TrainSchema, DistillSpec...
+    (qbench.cell builds a run's parts from it)."""
+    data = check_config(cfg)
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(schema.distill, False)
+    return OmegaConf.to_object(OmegaConf.merge(schema, data))
+
+
+def model_schema(node: Mapping) -> ModelSchema:
+    """A model yaml (conf/model/*.yaml, or its node of a composed config) as a ModelSchema, keys checked by
+    OmegaConf; for callers that need a model without a whole cell (qbench size, benchmarks, tests)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelSchema), node))
+
+
 def check_values(schema: type, data: Mapping, prefix: str = "") -> None:
     """Each value present in `data` has its field's exact type (no string for a number) and passes its check."""
     hints = typing.get_type_hints(schema)

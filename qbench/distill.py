@@ -1,7 +1,7 @@
 """Distillation for quantization-aware training (paper B, Tao et al. 2022): `distill=kd | tcd | kd_tcd`.
 
-The teacher is the full-precision model fine-tuned on the same task, from the FP cache of
-`qbench.pipeline.finetuned_fp` (fine-tuned once there if missing; never per cell), in eval mode without gradients.
+The teacher is the full-precision model fine-tuned on the same task, from the FP cache (qbench.fp_cache: fine-tuned
+once there if missing; never per cell; the pipeline hands it over), in eval mode without gradients.
 loss = task_weight · task + kd_weight · kd + tcd_weight · tcd, where
 - kd: logit distillation, KL(softmax(t/T) ‖ softmax(s/T)) times T², averaged over examples (language models: over
   the non-padding tokens); 0 when the student matches the teacher; regression heads (one output): mean squared error;
@@ -184,19 +184,3 @@ class DistillTrainer(Trainer):
         means = {k: v / self._n_total for k, v in self._total.items()} if self._n_total else {}
         return {**means, "weights": {"task": self.spec.task_weight, "kd": self.spec.kd_weight,
                                      "tcd": self.spec.tcd_weight}}  # fmt: skip
-
-
-def teacher_options(cfg, task, kind, tok, data, options: dict) -> tuple[dict, dict]:
-    """finetune() keyword arguments for distilled QAT (`options` plus the DistillTrainer and its teacher) and the
-    teacher's training info for the record. The teacher comes from the FP cache (fine-tuned there once if missing)."""
-    from qbench.pipeline import finetuned_fp
-    from qbench.sweep import fp_cache_dir
-    from qbench.train import finetune
-
-    spec = DistillSpec.from_config(cfg.distill)
-    cached = (fp_cache_dir(cfg) / "training.json").is_file()
-    model = None if cached else kind.load_model(cfg.model, task, cfg.seed)[0]
-    fit = lambda: finetune(model, data[task.train_split][1], kind.collator(tok), cfg.train, cfg.seed, cfg.device)
-    teacher, info = finetuned_fp(cfg, task, kind, model, tok, fit)
-    info = {k: v for k, v in info.items() if k != "loss_curve"}
-    return {**options, "trainer_cls": DistillTrainer, "teacher": teacher, "spec": spec}, {**info, "distill": spec.name}

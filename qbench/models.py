@@ -1,4 +1,5 @@
-"""Load a model and its tokenizer from a local folder, an installed package (pkg://), the hub, or a config."""
+"""Load a model and its tokenizer from a local folder, an installed package (pkg://), the hub, or a config; build
+a model yaml's full-size shape (`arch:`) with random weights, offline."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+from qbench.config import ModelSchema
 from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
+FAMILIES = {  # model.family -> the transformers auto class of its full model
+    "encoder": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
 
 
 def resolve(path: str) -> str:
@@ -38,9 +45,15 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where qbench keeps models it derives (fine-tuned FP models, converted GGUF files): `cache_dir` (the config's
+    key), else $QBENCH_CACHE, else ~/.cache/qbench."""
+    return Path(cache_dir or os.environ.get("QBENCH_CACHE") or Path.home() / ".cache" / "qbench").expanduser()
+
+
 def gguf_cache_dir() -> Path:
-    """Where converted GGUF checkpoints live: $QBENCH_CACHE/gguf, default ~/.cache/qbench/gguf."""
-    return Path(os.environ.get("QBENCH_CACHE", Path.home() / ".cache" / "qbench")).expanduser() / "gguf"
+    """Where converted GGUF checkpoints live: <cache root>/gguf."""
+    return cache_root() / "gguf"
 
 
 def materialize_gguf(gguf: Path) -> Path:
@@ -97,32 +110,32 @@ def from_pretrained(loader, name: str, what: str, **kwargs):
         ) from None
 
 
-def check_available(model_cfg: Mapping) -> None:
+def check_available(model_cfg: ModelSchema) -> None:
     """Fail fast (before heavy imports) when weights are neither local, cached, nor reachable on the hub."""
     from huggingface_hub import try_to_load_from_cache
 
     for key in ("name_or_path", "tokenizer"):
-        name = model_cfg.get(key)
-        if not name or Path(resolve(name)).exists() or (key == "name_or_path" and model_cfg.get("config")):
+        name = getattr(model_cfg, key)
+        if not name or Path(resolve(name)).exists() or (key == "name_or_path" and model_cfg.config):
             continue
         if Path(name).is_absolute() or name.startswith("."):
             raise QbenchError(f"model.{key}={name}: no such folder")
         if isinstance(try_to_load_from_cache(name, "config.json"), str) or hub_reachable():
             continue
         raise QbenchError(
-            f"model={model_cfg['name']}: {name!r} is not in the local HF cache and the hub is unreachable; "
+            f"model={model_cfg.name}: {name!r} is not in the local HF cache and the hub is unreachable; "
             f"download it where there is network (hf download {name}) or point at local weights with "
             f"model.{key}=/path/to/{name.split('/')[-1]}"
         )
 
 
-def load_tokenizer(model_cfg: Mapping):
+def load_tokenizer(model_cfg: ModelSchema):
     """The model's tokenizer (model.tokenizer, else model.name_or_path), with a pad token."""
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    name = model_cfg.tokenizer or model_cfg.name_or_path
     if not name:
-        raise QbenchError(f"model={model_cfg['name']}: set model.tokenizer or model.name_or_path")
+        raise QbenchError(f"model={model_cfg.name}: set model.tokenizer or model.name_or_path")
     folder = Path(resolve(name))
     bare_bpe = (folder / "merges.txt").is_file() and not any(
         (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
@@ -134,19 +147,43 @@ def load_tokenizer(model_cfg: Mapping):
     return tok
 
 
-def load_model(model_cfg: Mapping, auto_cls, seed: int, **kwargs):
-    """`auto_cls` (e.g. AutoModelForSequenceClassification) from pretrained weights, or randomly initialised
-    from model.config when that is given; kwargs go to the config (num_labels, ...)."""
+def from_shape(shape: Mapping, auto_cls, seed: int, **kwargs):
+    """`auto_cls` randomly initialised (seeded) from a shape dict {model_type, sizes...}; kwargs go to the config."""
     import torch
     from transformers import AutoConfig
 
-    torch.manual_seed(seed)  # random init of tiny models and of new heads
-    if model_cfg.get("config"):
-        cfg = dict(model_cfg["config"])
-        return auto_cls.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg, **kwargs))
+    torch.manual_seed(seed)
+    shape = dict(shape)
+    return auto_cls.from_config(AutoConfig.for_model(shape.pop("model_type"), **shape, **kwargs))
+
+
+def load_model(model_cfg: ModelSchema, auto_cls, seed: int, **kwargs):
+    """`auto_cls` (e.g. AutoModelForSequenceClassification) from pretrained weights, or randomly initialised
+    from model.config when that is given; kwargs go to the config (num_labels, ...)."""
+    import torch
+
+    if model_cfg.config:  # random init of tiny models
+        return from_shape(model_cfg.config, auto_cls, seed, **kwargs)
+    torch.manual_seed(seed)  # random init of new heads
     # float32 master weights whatever the checkpoint stores: transformers 5 loads a bf16/fp16 file in its own
     # dtype, and Trainer would then train (and quantize) in half precision, which diverges
-    return from_pretrained(auto_cls, model_cfg["name_or_path"], "model", dtype=torch.float32, **kwargs)
+    return from_pretrained(auto_cls, model_cfg.name_or_path, "model", dtype=torch.float32, **kwargs)
+
+
+def arch_model(model_cfg: ModelSchema, seed: int = 0):
+    """The full-size model of a model yaml's `arch:` dict (else its `config:`, for tiny test models), randomly
+    initialised, offline (no weights needed): family encoder -> AutoModelForSequenceClassification (2 labels),
+    causal_lm -> AutoModelForCausalLM, seq2seq -> AutoModelForSeq2SeqLM."""
+    import transformers
+
+    shape, family = model_cfg.arch or model_cfg.config, model_cfg.family
+    if not shape:
+        raise QbenchError(f"model={model_cfg.name}: no `arch:` dict in its yaml; add the architecture's "
+                          "shape fields (model_type, sizes) to size it offline")  # fmt: skip
+    if family not in FAMILIES:
+        raise QbenchError(f"model.family={family!r}; valid: {', '.join(FAMILIES)}")
+    kwargs = {"num_labels": 2} if family == "encoder" else {}
+    return from_shape(shape, getattr(transformers, FAMILIES[family]), seed, **kwargs)
 
 
 def weight_sharing(model) -> dict | None:

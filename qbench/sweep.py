@@ -1,4 +1,4 @@
-"""Cells of a study: a stable id per configuration, resume by skipping completed cells, and cached FP models.
+"""Cells of a study: a stable id per configuration, and resume by skipping completed cells.
 
 A cell's directory is named by its id (model-task-scheme-bits-seed plus a hash of the resolved config), so the
 same configuration always lands in the same folder: rerunning a killed sweep finds the records already written
@@ -13,15 +13,17 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib
 import json
 import logging
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
 from qbench.config import task_overrides
+from qbench.data import split_file
+from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
 # dotted config keys (a key covers everything under it) that never change a cell's result: left out of the cell
@@ -45,9 +47,7 @@ QUANT_STAGE = ("scheme", "bits", "embed_bits", "act_bits", "distill", "train.ord
 
 
 def scheme_name(cfg: DictConfig | dict) -> str:
-    """'none', 'linear', 'kmeans', ... from the scheme's _target_ class."""
-    import importlib
-
+    """'none', 'linear', 'kmeans', ... from the scheme's _target_ class (imported by its dotted name)."""
     module, _, cls = cfg["scheme"]["_target_"].rpartition(".")
     return getattr(importlib.import_module(module), cls).name
 
@@ -146,9 +146,6 @@ def file_fingerprint(path: Path) -> dict:
 def data_identity(cfg: DictConfig | dict) -> dict | None:
     """{split: fingerprint | 'missing'} of the local files a cell reads (task.data_dir, else the mirror under
     data_dir); None when the data come from the hub (task.hub, already in the id)."""
-    from qbench.data import split_file
-    from qbench.errors import QbenchError
-
     t = cfg["task"]
     if not (t.get("data_dir") or (cfg.get("data_dir") and t.get("mirror"))):
         return None
@@ -171,18 +168,3 @@ def completed(run_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if record.get("status") == "completed" else None
-
-
-def fp_identity(cfg: DictConfig | dict) -> dict:
-    """What defines the full-precision fine-tuned model: the cell's identity without the quantization stage."""
-    d = identity(cfg)
-    for path in (*QUANT_STAGE, *BOOKKEEPING):
-        drop(d, path)
-    return d
-
-
-def fp_cache_dir(cfg: DictConfig | dict) -> Path:
-    """Where the full-precision fine-tuned model of (model, task, seed, training config, data) is kept."""
-    root = cfg.get("cache_dir") or os.environ.get("QBENCH_CACHE") or Path.home() / ".cache" / "qbench"
-    name = f"{cfg['model']['name']}-{cfg['task']['name']}-s{cfg['seed']}-{digest(fp_identity(cfg), 12)}"
-    return Path(root) / "finetuned" / name

@@ -18,7 +18,7 @@ METRICS = {
     "pearson": ("scipy.stats", "pearsonr"),
     "spearman": ("scipy.stats", "spearmanr"),
 }
-# computed by the generative kinds themselves (qbench.lmeval), not from (labels, predictions)
+# computed by the generative kinds themselves (qbench.kinds.generative), not from (labels, predictions)
 KIND_METRICS = ("perplexity", "loss", "token_accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
 

@@ -4,38 +4,41 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
+from qbench.config import TrainSchema
 
-def training_args(train: Mapping, seed: int, device: str) -> TrainingArguments:
+
+def training_args(train: TrainSchema, seed: int, device: str) -> TrainingArguments:
+    """HF TrainingArguments of one stage's settings; `device` is resolved ("cpu" or "cuda", qbench.cell)."""
     return TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="qbench-trainer-"),  # nothing is saved there (save_strategy=no)
-        learning_rate=train["lr"],
-        per_device_train_batch_size=train["batch_size"],
-        per_device_eval_batch_size=train["eval_batch_size"],
-        num_train_epochs=train["epochs"],
-        max_steps=train["max_steps"],
-        warmup_steps=train["warmup"],  # int: steps; float in [0, 1): share of all steps
-        weight_decay=train["weight_decay"],
-        optim=train.get("optim", "adamw_torch"),  # sgd: the quantizers' gradient scales are not normalised away
+        learning_rate=train.lr,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        warmup_steps=train.warmup,  # int: steps; float in [0, 1): share of all steps
+        weight_decay=train.weight_decay,
+        optim=train.optim,  # sgd: the quantizers' gradient scales are not normalised away
         seed=seed,
         data_seed=seed,
-        logging_steps=train["logging_steps"],
+        logging_steps=train.logging_steps,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
-        disable_tqdm=not train["progress_bar"],
-        use_cpu=device == "cpu" or not torch.cuda.is_available(),
+        disable_tqdm=not train.progress_bar,
+        use_cpu=device == "cpu",
         dataloader_num_workers=0,
-        train_sampling_strategy=train.get("sampler", "random"),  # group_by_length: batches of similar lengths
+        train_sampling_strategy=train.sampler,  # group_by_length: batches of similar lengths
     )
 
 
-def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
+def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
              **trainer_kwargs) -> dict:  # fmt: skip
     """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve} (+ loss_components
     when the trainer has them: qbench.distill). `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
@@ -60,11 +63,11 @@ def finetune(model, train_ds, collator, train: Mapping, seed: int, device: str, 
     }
 
 
-def predict(model, ds, collator, train: Mapping, seed: int, device: str) -> np.ndarray:
+def predict(model, ds, collator, train: TrainSchema, seed: int, device: str) -> np.ndarray:
     """Model outputs (n, num_labels) on ds, in ds order."""
     # in order: transformers 5 also groups *evaluation* batches by length under group_by_length, which would
     # reorder the outputs against ds (and labels)
-    args = training_args({**train, "sampler": "random"}, seed, device)
+    args = training_args(replace(train, sampler="random"), seed, device)
     trainer = Trainer(model=model, args=args, data_collator=collator)
     logits = trainer.predict(ds).predictions
     return logits[0] if isinstance(logits, tuple) else logits

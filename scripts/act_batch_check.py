@@ -22,6 +22,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import DataCollatorWithPadding
 
+from qbench.config import model_schema
 from qbench.data import load_split
 from qbench.kinds import classification
 from qbench.quant.wiring import quantize_model
@@ -50,7 +51,7 @@ def check(scheme: str, bits: int, act_bits: int | None, n: int, batch: int, seed
     """(max |Δlogit|, flipped predictions) between one-at-a-time and batched scoring, the model in `dtype`."""
     model_cfg = OmegaConf.load(CONF / "model" / "minilm.yaml")
     task = TaskSpec.from_config(OmegaConf.to_container(OmegaConf.load(CONF / "task" / "sst2.yaml")))
-    model, tok = classification.load_model(model_cfg, task, seed)
+    model, tok = classification.load_model(model_schema(model_cfg), task, seed)
     quantize_model(model, make_scheme(scheme, bits, act_bits), list(model_cfg.include), list(model_cfg.exclude))
     model.to(dtype).eval()
     ds = load_split(task, "validation", os.environ["QBENCH_DATA_DIR"]).select(range(n))

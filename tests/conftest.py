@@ -10,11 +10,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from absl import logging as absl_logging
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["QBENCH_CACHE"] = tempfile.mkdtemp(prefix="qbench-test-cache-")  # never the user's cache
+
+# rouge-score imports absl, whose log handler keeps the sys.stderr of that moment (pytest's capture file while a test
+# runs) and closes it when a Hydra job run in-process reconfigures logging: every later test then fails with "I/O
+# operation on closed file". Imported here and pointed at the process's own stderr, which absl never closes.
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("QBENCH_DATA_DIR") or REPO.parent / "shared" / "data")

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from qbench.cli import check_overrides
-from qbench.config import KIND_FAMILIES, TrainSchema, check_config
+from qbench.config import KIND_FAMILIES, TrainSchema, check_config, typed_config
 from qbench.errors import QbenchError
 from tests.conftest import REPO
 
@@ -66,7 +66,8 @@ def test_sgd_run_trains():
 
     from qbench.train import finetune
 
-    train = composed("train=debug", "train.optim=sgd", "train.max_steps=3", "train.batch_size=4", "train.lr=0.5").train
+    cfg = composed("train=debug", "train.optim=sgd", "train.max_steps=3", "train.batch_size=4", "train.lr=0.5")
+    train = typed_config(cfg).train
     check_config(composed("train=debug", "train.optim=sgd"))
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,

@@ -112,12 +112,12 @@ def test_distill_needs_qat(bad, data_dir):
     from hydra import compose, initialize_config_module
 
     import qbench.cli  # noqa: F401  (registers the cell_id resolver)
-    from qbench.pipeline import validate
+    from qbench.cell import parse
 
     with initialize_config_module("qbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny_bert", "task=rte", "distill=kd", f"data_dir={data_dir}", *bad])
     with pytest.raises(QbenchError, match="quantization-aware"):
-        validate(cfg)
+        parse(cfg)
 
 
 def tcd_trainer(max_grad_norm: float, norms: list, out: Path):

@@ -1,18 +1,19 @@
-"""End to end: the real `qbench run` CLI on tiny random GPT-2 / BART with small slices of the real local corpora
-(PTB, WikiText-2, Persona-Chat, the Lee news summaries) and GPT-2's real tokenizer; asserts the records."""
+"""End to end: the real `qbench run` CLI (in this process) on tiny random GPT-2 / BART with small slices of the real
+local corpora (PTB, WikiText-2, Persona-Chat, the Lee news summaries) and GPT-2's real tokenizer; asserts the
+records."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from qbench.lmeval import lm_windows
+from qbench.kinds.generative import lm_windows
+from tests.conftest import in_process
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA, TOKENIZER = SHARED / "data", SHARED / "models" / "gpt2-tokenizer"
@@ -23,10 +24,10 @@ DEBUG = ["train=debug", "train.progress_bar=false"]
 
 
 def qbench(tmp_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """`qbench run ARGS` in this process (tests.conftest.in_process), on the local mirror and GPT-2 tokenizer."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "QBENCH_DATA_DIR": str(DATA), "QBENCH_GPT2_TOKENIZER": str(TOKENIZER),
-           "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    cmd = [sys.executable, "-m", "qbench.cli", "run", *args, f"hydra.run.dir={tmp_path / 'run'}"]
-    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    p = in_process(["run", *args, f"hydra.run.dir={tmp_path / 'run'}"], env)
     if ok:
         assert p.returncode == 0, p.stderr[-3000:]
     return p

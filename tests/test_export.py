@@ -20,18 +20,11 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from qbench.export import (
-    PACKED_NAME,
-    export_packed,
-    fp32_bytes,
-    load_packed,
-    paper_b_bits,
-    safetensors_nbytes,
-    size_section,
-)
+from qbench.quant.checkpoint import PACKED_NAME, export_packed, load_packed
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
 from qbench.quant.wiring import quantize_model
+from qbench.size import fp32_bytes, paper_b_bits, safetensors_nbytes, size_section
 from tests.conftest import qbench, read_record
 
 GPT2_INCLUDE = ["*transformer.wte.weight", "*transformer.h.*"]  # lm_head (tied to wte) deliberately not named
@@ -232,8 +225,8 @@ def test_run_export_true_then_load_gives_the_record_metrics(tmp_path, data_dir):
     from omegaconf import OmegaConf
 
     from qbench import kinds
+    from qbench.cell import parse
     from qbench.models import load_tokenizer
-    from qbench.tasks import TaskSpec
 
     p = qbench("run", "model=tiny_bert", "task=rte", "train=debug", "train.max_eval_examples=48", "export=true",
                f"hydra.run.dir={tmp_path}")  # fmt: skip
@@ -243,12 +236,11 @@ def test_run_export_true_then_load_gives_the_record_metrics(tmp_path, data_dir):
     s = r["size"]
     assert s["packed_bytes_source"] == "file" and s["packed_bytes"] == packed.stat().st_size
     assert s["nominal_bits"] == 2 and 2.0 < s["effective_bits"] < 2.01 and s["ratio_fp32"] > 10
-    cfg = OmegaConf.create(r["config"])
-    task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
-    kind, tok = kinds.get(task.kind), load_tokenizer(cfg.model)
+    cell = parse(OmegaConf.create(r["config"]))
+    kind, tok = kinds.get(cell.task.kind), load_tokenizer(cell.model)
     model = load_packed(packed)
-    data = kind.load_data(task, tok, cfg, need_train=False)
-    metrics, _ = kind.evaluate(model, tok, task, data, cfg)
+    data = kind.load_data(cell, tok, need_train=False)
+    metrics, _ = kind.evaluate(cell, model, tok, data)
     assert metrics == r["metrics"]
     # already exported: `qbench export` checks that it loads and reports it
     p = qbench("export", str(tmp_path))

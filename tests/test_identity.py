@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from qbench.config import task_overrides
-from qbench.sweep import BOOKKEEPING, EXCLUDED, QUANT_STAGE, cell_id, flatten, fp_cache_dir, under, unused
+from qbench.fp_cache import fp_cache_dir
+from qbench.sweep import BOOKKEEPING, EXCLUDED, QUANT_STAGE, cell_id, flatten, under, unused
 from tests.conftest import DATA, REPO
 
 GROUPS = ("model", "task", "scheme", "train", "distill")

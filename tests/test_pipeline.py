@@ -4,8 +4,9 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import qbench.cli  # noqa: F401  (registers the cell_id resolver the config uses)
+from qbench.cell import parse
 from qbench.errors import QbenchError
-from qbench.pipeline import run, validate
+from qbench.pipeline import run
 
 
 def cell(tmp_path, *overrides):
@@ -29,25 +30,22 @@ def test_qat_stage_trains_on_its_own_settings(tmp_path, data_dir, monkeypatch):
 def test_qat_cap_above_the_fp_cap_is_refused(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))
     with pytest.raises(QbenchError, match="train.qat.max_train_examples=100: at most train.max_train_examples=64"):
-        validate(cell(tmp_path, "train.order=ft_then_qat", "train.qat.max_train_examples=100"))
+        parse(cell(tmp_path, "train.order=ft_then_qat", "train.qat.max_train_examples=100"))
 
 
 def test_predictions_keep_the_dataset_order_under_length_grouping(tmp_path, data_dir, monkeypatch):
     # transformers 5 groups evaluation batches by length too when train_sampling_strategy=group_by_length: the
     # outputs came back shuffled against the labels (a trained SST-2 model scored 49 %)
     import torch
-    from omegaconf import OmegaConf
 
     from qbench.kinds import classification as C
-    from qbench.tasks import TaskSpec
     from qbench.train import predict
 
     monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))
-    cfg = cell(tmp_path, "train.sampler=group_by_length", "train.eval_batch_size=8")
-    task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True))
-    model, tok = C.load_model(cfg.model, task, 0)
-    enc = C.load_data(task, tok, cfg, need_train=False)["validation"][1]
-    out = torch.as_tensor(predict(model, enc, C.collator(tok), cfg.train, 0, "cpu"))
+    c = parse(cell(tmp_path, "train.sampler=group_by_length", "train.eval_batch_size=8"))
+    model, tok = C.load_model(c.model, c.task, 0)
+    enc = C.load_data(c, tok, need_train=False)["validation"].inputs
+    out = torch.as_tensor(predict(model, enc, C.collator(tok), c.train, 0, "cpu"))
     with torch.no_grad():
         model.eval()
         inputs = enc.select_columns([c for c in enc.column_names if c in tok.model_input_names])
@@ -66,4 +64,4 @@ def test_per_task_settings_apply_to_their_task_only(tmp_path, data_dir, monkeypa
     assert r["training"]["full_precision"]["steps"] == 2 and "tasks" not in r["config"]["train"]
     assert r["config"]["train"]["max_train_examples"] == 32
     with pytest.raises(QbenchError, match="train.tasks"):
-        validate(cell(tmp_path, "+train.tasks.sst2.order=ptq"))
+        parse(cell(tmp_path, "+train.tasks.sst2.order=ptq"))

@@ -3,7 +3,7 @@
 A split's text is its rows (lines of the .txt file, or the hub dataset's rows) with trailing newlines removed,
 joined by '\\n': for a local file, the file as is. It is tokenized once, without special tokens, and the
 tokenizer's BOS token (EOS if it has none: GPT-2's <|endoftext|>) is put in front as the document start, which is
-never scored; every other token is scored exactly once (qbench.lmeval.lm_windows).
+never scored; every other token is scored exactly once (qbench.kinds.generative.lm_windows).
 
 Settings (task.lm.*):
   context_length  tokens per evaluation window; null = the model's maximum context (max_position_embeddings)
@@ -18,20 +18,20 @@ train.max_eval_examples caps the number of rows (lines) read from each evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from omegaconf import DictConfig
+import torch
 from torch.nn.utils import parametrize
 
+from qbench.config import ModelSchema
 from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
-from qbench.lmeval import eval_device, pad_collator, perplexity
+from qbench.kinds import Split
+from qbench.kinds.generative import pad_collator, perplexity
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec
 
 
-def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
+def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(model_cfg)
@@ -71,19 +71,19 @@ def train_blocks(ids: list[int], block: int, max_blocks: int | None, seed: int):
     return ds
 
 
-def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
-    """{split: (source description, token ids)} for eval splits; train: (description, dataset of blocks)."""
-    tr = cfg.train
-    raw = load_task_data(task, cfg.data_dir, need_train, None, tr.max_eval_examples, cfg.seed)
+def load_data(cell, tok, need_train: bool) -> dict[str, Split]:
+    """{split: Split(token ids, source)} for eval splits (one sequence); train: Split(dataset of blocks, source)."""
+    task, tr, data_dir = cell.task, cell.train, cell.data.data_dir
+    raw = load_task_data(task, data_dir, need_train, None, tr.max_eval_examples, cell.seed)
     out = {}
     for split, ds in raw.items():
-        source = str(split_file(task, split, cfg.data_dir) or f"hub:{task.hub.get('path')}/{task.hub.get('name')}")
+        source = str(split_file(task, split, data_dir) or f"hub:{task.hub.get('path')}/{task.hub.get('name')}")
         ids = encode_text(tok, split_text(ds, task))
         if split == task.train_split and need_train:
-            out[split] = (source, train_blocks(ids, tr.max_length, tr.max_train_examples, cfg.seed))
+            out[split] = Split(train_blocks(ids, tr.max_length, tr.max_train_examples, cell.seed), source=source)
         else:
             cap = task.lm.get("max_eval_tokens")
-            out[split] = (source, [doc_start(tok)] + (ids[:cap] if cap else ids))
+            out[split] = Split([doc_start(tok)] + (ids[:cap] if cap else ids), source=source)
     return out
 
 
@@ -109,14 +109,15 @@ def settings(model, task: TaskSpec) -> tuple[int, int]:
     return context, stride
 
 
-def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
+def evaluate(cell, model, tok, data: dict[str, Split]) -> tuple[dict, list[dict]]:
     """Perplexity, mean NLL and next-token accuracy over every token of each evaluation split."""
-    model.to(eval_device(cfg)).eval()
+    task = cell.task
+    model.to(torch.device(cell.device)).eval()
     context, stride = settings(model, task)
     batch = max(1, int(task.lm.get("batch_tokens") or 8192) // context)
     metrics, rows = {}, []
     for split in task.eval_splits:
-        _, ids = data[split]
+        ids = data[split].inputs
         with parametrize.cached():  # quantized weights computed once, not in every forward pass
             m, r = perplexity(model, ids, context, stride, batch)
         metrics[split] = {**m, "context_length": context, "stride": stride}
@@ -124,8 +125,9 @@ def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[d
     return metrics, rows
 
 
-def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list[dict]) -> dict:
+def protocol(cell, model, tok, data: dict[str, Split], rows: list[dict]) -> dict:
     """How the numbers were computed, for the record."""
+    task = cell.task
     context, stride = settings(model, task)
     return {
         "metric": "token-level perplexity = exp(mean NLL in nats over scored tokens); token_accuracy = share of "
@@ -137,8 +139,8 @@ def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list
         "stride": stride,
         "windows": "disjoint" if stride == context else f"sliding: each window scores its last {stride} tokens",
         "max_eval_tokens": task.lm.get("max_eval_tokens"),
-        "max_eval_rows": cfg.train.max_eval_examples,
-        "train_block_tokens": cfg.train.max_length,
-        "sources": {split: src for split, (src, _) in data.items()},
-        "model_note": cfg.model.get("note"),
+        "max_eval_rows": cell.train.max_eval_examples,
+        "train_block_tokens": cell.train.max_length,
+        "sources": {split: d.source for split, d in data.items()},
+        "model_note": cell.model.note,
     }

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
-from omegaconf import DictConfig
 
-from qbench.data import load_task_data
+from qbench.config import ModelSchema
+from qbench.data import load_task_data, split_file
+from qbench.kinds import Split
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec
+from qbench.train import predict
 
 
-def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
+def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
     """(model with a fresh classification head of task.num_labels outputs, tokenizer)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -24,11 +24,12 @@ def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
     return model, tok
 
 
-def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
-    """{split: raw dataset} and {split: tokenized dataset} for the splits the run needs."""
-    tr = cfg.train
-    raw = load_task_data(task, cfg.data_dir, need_train, tr.max_train_examples, tr.max_eval_examples, cfg.seed)
-    return {split: (ds, encode(ds, tok, task, tr.max_length)) for split, ds in raw.items()}
+def load_data(cell, tok, need_train: bool) -> dict[str, Split]:
+    """{split: Split(tokenized dataset, raw rows)} for the splits the run needs."""
+    task, tr, data_dir = cell.task, cell.train, cell.data.data_dir
+    raw = load_task_data(task, data_dir, need_train, tr.max_train_examples, tr.max_eval_examples, cell.seed)
+    return {split: Split(encode(ds, tok, task, tr.max_length), ds, str(split_file(task, split, data_dir) or task.hub))
+            for split, ds in raw.items()}  # fmt: skip
 
 
 def encode(ds, tok, task: TaskSpec, max_length: int):
@@ -48,14 +49,12 @@ def collator(tok):
     return DataCollatorWithPadding(tok)  # pads each batch to its longest example
 
 
-def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
+def evaluate(cell, model, tok, data: dict[str, Split]) -> tuple[dict, list[dict]]:
     """Metrics per evaluation split and one row per example (split, idx, label, prediction)."""
-    from qbench.train import predict
-
-    metrics, rows = {}, []
+    task, metrics, rows = cell.task, {}, []
     for split in task.eval_splits:
-        raw, enc = data[split]
-        out = predict(model, enc, collator(tok), cfg.train, cfg.seed, cfg.device)
+        raw, enc = data[split].examples, data[split].inputs
+        out = predict(model, enc, collator(tok), cell.train, cell.seed, cell.device)
         pred = out[:, 0] if task.is_regression else out.argmax(-1)
         labels = np.asarray(raw[task.label_field])
         metrics[split] = task.compute_metrics(labels, pred)

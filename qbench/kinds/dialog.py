@@ -14,19 +14,23 @@ are the argmax prediction. train.max_eval_examples caps the number of examples (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
 
-from omegaconf import DictConfig
+import datasets
+import torch
+from torch.nn.utils import parametrize
 
+from qbench.config import ModelSchema
 from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
+from qbench.kinds import Split
 from qbench.kinds.causal_lm import load_model as _load_causal
 from qbench.kinds.causal_lm import model_context
-from qbench.lmeval import IGNORE, eval_device, pad_collator, summarize, token_scores
+from qbench.kinds.generative import IGNORE, pad_collator, summarize, token_scores
 from qbench.tasks import TaskSpec
 
 
-def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
+def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
     model, tok = _load_causal(model_cfg, task, seed)
     tok.model_max_length = model_context(model)
     return model, tok
@@ -69,29 +73,27 @@ def encode_example(ex: dict, tok, max_tokens: int) -> dict:
     return {"input_ids": p_ids + r_ids, "labels": [IGNORE] * len(p_ids) + r_ids}
 
 
-def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
-    """{split: (examples, encoded dataset)}; the token budget per example is budget(task, tok)."""
-    import datasets
-
+def load_data(cell, tok, need_train: bool) -> dict[str, Split]:
+    """{split: Split(encoded dataset, examples, source)}; the token budget per example is budget(task, tok)."""
+    task, tr, data_dir = cell.task, cell.train, cell.data.data_dir
     if tok.eos_token_id is None:
         raise QbenchError("dialog tasks need a tokenizer with an EOS token")
-    raw = load_task_data(task, cfg.data_dir, need_train, None, None, cfg.seed)
+    raw = load_task_data(task, data_dir, need_train, None, None, cell.seed)
     n_tokens = budget(task, tok)
     out = {}
     for split, ds in raw.items():
         exs = parse_parlai(list(ds[task.text_fields[0]]))
         if not exs:
-            raise QbenchError(f"task {task.name}: no (partner, reply) lines in {split_file(task, split, cfg.data_dir)}")
+            raise QbenchError(f"task {task.name}: no (partner, reply) lines in {split_file(task, split, data_dir)}")
         if split == task.train_split and need_train:
-            cap = cfg.train.max_train_examples
+            cap = tr.max_train_examples
             if cap and cap < len(exs):
-                import random
-
-                exs = random.Random(cfg.seed).sample(exs, cap)
-        elif cfg.train.max_eval_examples:
-            exs = exs[: cfg.train.max_eval_examples]
+                exs = random.Random(cell.seed).sample(exs, cap)
+        elif tr.max_eval_examples:
+            exs = exs[: tr.max_eval_examples]
         enc = [encode_example(e, tok, n_tokens) for e in exs]
-        out[split] = (exs, datasets.Dataset.from_list(enc))
+        source = str(split_file(task, split, data_dir) or task.hub)
+        out[split] = Split(datasets.Dataset.from_list(enc), exs, source)
     return out
 
 
@@ -99,16 +101,14 @@ def collator(tok):
     return pad_collator(tok)
 
 
-def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
-    import torch
-    from torch.nn.utils import parametrize
-
-    device = eval_device(cfg)
+def evaluate(cell, model, tok, data: dict[str, Split]) -> tuple[dict, list[dict]]:
+    """Perplexity and next-token accuracy of the response tokens of each evaluation split."""
+    device = torch.device(cell.device)
     model.to(device).eval()
-    collate, bs = pad_collator(tok), int(cfg.train.eval_batch_size)
+    collate, bs = pad_collator(tok), int(cell.train.eval_batch_size)
     metrics, rows = {}, []
-    for split in task.eval_splits:
-        exs, enc = data[split]
+    for split in cell.task.eval_splits:
+        exs, enc = data[split].examples, data[split].inputs
         nll = n = correct = 0
         for i in range(0, len(enc), bs):
             batch = collate([enc[j] for j in range(i, min(i + bs, len(enc)))])
@@ -126,7 +126,8 @@ def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[d
     return metrics, rows
 
 
-def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list[dict]) -> dict:
+def protocol(cell, model, tok, data: dict[str, Split], rows: list[dict]) -> dict:
+    """How the numbers were computed, for the record."""
     return {
         "metric": "perplexity = exp(mean NLL in nats over all response tokens of the split); token_accuracy = "
         "share of response tokens equal to the argmax next-token prediction; tokens = response tokens scored",
@@ -134,8 +135,8 @@ def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list
         "('\\n'-terminated); response = reply + EOS; only response tokens (EOS included) are scored; prompt "
         "truncated from the left to fit context_length",
         "eos_token": tok.eos_token,
-        "context_length": budget(task, tok),
-        "max_eval_examples": cfg.train.max_eval_examples,
-        "sources": {s: str(split_file(task, s, cfg.data_dir) or task.hub) for s in data},
-        "model_note": cfg.model.get("note"),
+        "context_length": budget(cell.task, tok),
+        "max_eval_examples": cell.train.max_eval_examples,
+        "sources": {s: d.source for s, d in data.items()},
+        "model_note": cell.model.note,
     }

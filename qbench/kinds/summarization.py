@@ -1,6 +1,6 @@
 """Abstractive summarization (XSum, CNN/DailyMail) with an encoder-decoder (BART): fine-tune with teacher forcing,
 generate with beam search, score ROUGE-1/2/L/Lsum (rouge-score, stemming on, F-measure x 100; rougeLsum, the
-papers' ROUGE-L, on sentences split by pysbd: qbench.lmeval.rouge).
+papers' ROUGE-L, on sentences split by pysbd: qbench.kinds.generative.rouge).
 
 Settings (task.generation.*): num_beams, max_source_length (document tokens, truncated; null = the model's
 maximum, e.g. 1024 for BART), max_target_length
@@ -11,13 +11,15 @@ Every generated summary is in predictions.jsonl (save_predictions=true); the fir
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datasets
+import torch
+from torch.nn.utils import parametrize
 
-from omegaconf import DictConfig
-
+from qbench.config import ModelSchema
 from qbench.data import load_task_data, split_file
 from qbench.errors import QbenchError
-from qbench.lmeval import eval_device, pad_collator, rouge
+from qbench.kinds import Split
+from qbench.kinds.generative import pad_collator, rouge
 from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec
@@ -30,7 +32,7 @@ def gen(task: TaskSpec) -> dict:
     return {**DEFAULTS, **{k: v for k, v in task.generation.items() if v is not None}}
 
 
-def load_model(model_cfg: Mapping, task: TaskSpec, seed: int):
+def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
     from transformers import AutoModelForSeq2SeqLM
 
     tok = load_tokenizer(model_cfg)
@@ -61,12 +63,11 @@ def encode_ids(tok, text: str, max_len: int) -> list[int]:
     return ids
 
 
-def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
-    import datasets
-
-    tr, g = cfg.train, gen(task)
+def load_data(cell, tok, need_train: bool) -> dict[str, Split]:
+    """{split: Split(encoded documents and summaries, raw rows, source)}."""
+    task, tr, data_dir, g = cell.task, cell.train, cell.data.data_dir, gen(cell.task)
     src_len = g["max_source_length"] = source_length(task, tok)
-    raw = load_task_data(task, cfg.data_dir, need_train, tr.max_train_examples, tr.max_eval_examples, cfg.seed)
+    raw = load_task_data(task, data_dir, need_train, tr.max_train_examples, tr.max_eval_examples, cell.seed)
     doc, summ = task.text_fields
     out = {}
     for split, ds in raw.items():
@@ -74,7 +75,7 @@ def load_data(task: TaskSpec, tok, cfg: DictConfig, need_train: bool) -> dict:
             "input_ids": [encode_ids(tok, d, src_len) for d in ds[doc]],
             "labels": [encode_ids(tok, s, g["max_target_length"]) for s in ds[summ]],
         })  # fmt: skip
-        out[split] = (ds, enc)
+        out[split] = Split(enc, ds, str(split_file(task, split, data_dir) or task.hub))
     return out
 
 
@@ -82,17 +83,16 @@ def collator(tok):
     return pad_collator(tok)
 
 
-def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[dict, list[dict]]:
-    import torch
-    from torch.nn.utils import parametrize
-
-    g, device = gen(task), eval_device(cfg)
+def evaluate(cell, model, tok, data: dict[str, Split]) -> tuple[dict, list[dict]]:
+    """ROUGE of beam-searched summaries per evaluation split, and one row per document."""
+    task = cell.task
+    g, device = gen(task), torch.device(cell.device)
     model.to(device).eval()
     collate = pad_collator(tok)
     doc, summ = task.text_fields
     metrics, rows = {}, []
     for split in task.eval_splits:
-        raw, enc = data[split]
+        raw, enc = data[split].examples, data[split].inputs
         preds = []
         for i in range(0, len(enc), g["batch_size"]):
             batch = collate([{"input_ids": enc[j]["input_ids"]} for j in range(i, min(i + g["batch_size"], len(enc)))])
@@ -113,14 +113,16 @@ def evaluate(model, tok, task: TaskSpec, data: dict, cfg: DictConfig) -> tuple[d
     return metrics, rows
 
 
-def protocol(model, tok, task: TaskSpec, data: dict, cfg: DictConfig, rows: list[dict]) -> dict:
+def protocol(cell, model, tok, data: dict[str, Split], rows: list[dict]) -> dict:
+    """How the numbers were computed, for the record."""
+    task = cell.task
     g = gen(task)
     return {
         "metric": "ROUGE-1/2/L/Lsum F-measure x 100, mean over examples; rouge-score package, use_stemmer=True, "
         "its default tokenizer (lowercase, non-alphanumerics removed); rougeL = LCS of the whole texts; rougeLsum "
         "= summary-level union LCS over sentences (pysbd sentence splitter), the papers' ROUGE-L",
         "generation": {**{k: v for k, v in g.items() if k != "samples"}, "max_source_length": source_length(task, tok)},
-        "sources": {s: str(split_file(task, s, cfg.data_dir) or task.hub) for s in data},
+        "sources": {s: d.source for s, d in data.items()},
         "samples": rows[: g["samples"]],
-        "model_note": cfg.model.get("note"),
+        "model_note": cell.model.note,
     }

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qbench.errors import QbenchError
-from qbench.quant.kmeans1d import INITS, kmeans_1d
+from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_sklearn
 from qbench.quant.schemes import Scheme
 
 BACKENDS = ("qbench", "sklearn")
@@ -23,6 +23,7 @@ BACKENDS = ("qbench", "sklearn")
 @dataclass(frozen=True)
 class KMeans(Scheme):
     name: ClassVar[str] = "kmeans"
+    latent_trained: ClassVar[bool] = False  # once clustered, only the codebook trains (Codebook ignores the latent)
     init: str = "linear"
     max_iter: int = 100
     backend: str = "qbench"
@@ -39,19 +40,14 @@ class KMeans(Scheme):
         """(centroids (k,), labels like weight) for this tensor."""
         k = 2**self.bits
         if self.backend == "sklearn":
-            from qbench.quant.kmeans1d import kmeans_sklearn
-
             res = kmeans_sklearn(weight, k, self.init, self.max_iter, seed=self.seed)
         else:
             res = kmeans_1d(weight, k, self.init, self.max_iter, seed=self.seed)
         return res.centroids, res.labels.reshape(weight.shape)
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         centroids, labels = self.cluster(weight)
         return Codebook(centroids.to(weight.dtype), labels)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 32 * 2**self.bits  # one fp32 codebook per tensor
 
 
 class _Gather(torch.autograd.Function):

@@ -6,7 +6,7 @@ second moment of the latent weight (bias-corrected exp_avg_sq). Before the optim
 moments yet) D = 1, the plain least-squares fit. `LAQCallback` (from `LAQ.train_callbacks`) copies D from the
 optimizer after every step. The latent weight gets the upstream gradient unchanged (STE); α is not a parameter.
 
-The fit (`clipped.fit_step`) searches α directly on this objective, to a relative resolution of 0.4 %, with
+The fit (`scaled.fit_step`) searches α directly on this objective, to a relative resolution of 0.4 %, with
 α <= max|w|. The first forward starts from the best of a coarse grid of clip values (α0 = the least-squares clip);
 every later forward starts from the previous α (warm start: 7 error evaluations when α does not move), so α
 tracks the weights during training. 1 bit: α = Σ D|w| / Σ D in closed form. The paper's alternating steps
@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.clipped import ScaledFakeQuant, fit_step
+from qbench.quant.scaled import ScaledFakeQuant, fit_step
 from qbench.quant.schemes import Scheme
 
 
@@ -39,11 +39,8 @@ class LAQ(Scheme):
         if not isinstance(self.eps, (int, float)) or not self.eps > 0:
             raise QbenchError(f"scheme.eps must be > 0, got {self.eps!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         return LAQQuant(self.bits, transposed, self.eps)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 3 * 32
 
     def train_callbacks(self) -> list:
         return [LAQCallback()]

@@ -29,16 +29,13 @@ class Linear(Scheme):
         if self.granularity == "group" and self.group_size < 2:
             raise QbenchError(f"scheme.group_size must be >= 2, got {self.group_size}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         if self.granularity == "group" and as_2d(weight, transposed).shape[1] % self.group_size:
             raise QbenchError(
                 f"scheme.group_size={self.group_size} does not divide a row of length "
                 f"{as_2d(weight, transposed).shape[1]}; choose a divisor or granularity=row"
             )
         return LinearFakeQuant(self, transposed)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 2 * 32 * P.n_groups(shape2d, self.granularity, self.group_size)  # fp32 scale + offset per group
 
 
 class StraightThrough(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """LSQ (Esser et al. 2020), as paper B's baseline: a learned step size s per module.
 
 Levels s·{-Qn..Qp} with Qn = 2^(b-1), Qp = 2^(b-1) - 1 (LSQ's signed grid: all 2^b codes; 2 bits = {-2,-1,0,1}·s),
-s0 (`init`): mse (default) = the least-squares step (`clipped.fit_step`, Qp·s0 <= max|w|), never worse than
+s0 (`init`): mse (default) = the least-squares step (`scaled.fit_step`, Qp·s0 <= max|w|), never worse than
 min-max; minmax = max|w|/Qp; lsq = LSQ's published 2·mean|w|/sqrt(Qp) (a range of 18σ at 8 bits for Gaussian
 weights, beyond every weight of most tensors). Gradients (STE on the rounding): w gets the upstream gradient
 inside the range, 0 outside; s gets g · Σ upstream · (round(w/s) - w/s inside, -Qn below, Qp above), with LSQ's
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from qbench.errors import QbenchError
-from qbench.quant.clipped import ScaledFakeQuant, check_init, init_step, round_ste
+from qbench.quant.scaled import ScaledFakeQuant, check_init, init_step, round_ste
 from qbench.quant.schemes import Scheme
 
 
@@ -33,11 +33,8 @@ class LSQ(Scheme):
         if self.bits < 2 or (self.embed_bits or 2) < 2:
             raise QbenchError("scheme=lsq needs bits >= 2 (and embed_bits >= 2): its 1-bit grid {-1, 0} is degenerate")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         return LSQQuant(self.bits, transposed, weight, self.init)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 3 * 32
 
 
 class LSQQuant(ScaledFakeQuant):

@@ -8,7 +8,7 @@ Gradient of q w.r.t. α, with the STE on the rounding (dk/du = 1):
 so unlike PACT (first line only) γ also learns from the unclipped weights through the scale; dq/dγ = dq/dα·mean|w|.
 The latent weight gets the upstream gradient where |w| < α and 0 where clipped.
 
-γ0 (`init`): mse (default) = the least-squares clip α0 (`clipped.fit_step`, α0 <= max|w|) over mean|w|, so the
+γ0 (`init`): mse (default) = the least-squares clip α0 (`scaled.fit_step`, α0 <= max|w|) over mean|w|, so the
 quantizer starts no worse than symmetric min-max; minmax = max|w|/mean|w|; lsq = 2·sqrt(n) (LSQ's range: 2 at
 2 bits, 5.3 at 4, 22.5 at 8, a clip beyond every weight of most tensors at 8 bits). `gamma_init` overrides `init`.
 1 bit: γ0 = 1 (α0 = mean|w|).
@@ -24,7 +24,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.clipped import ScaledFakeQuant, check_init, init_step, round_ste
+from qbench.quant.scaled import ScaledFakeQuant, check_init, init_step, round_ste
 from qbench.quant.schemes import Scheme
 
 
@@ -40,16 +40,13 @@ class MDS(Scheme):
         if self.gamma_init is not None and not self.gamma_init > 0:
             raise QbenchError(f"scheme.gamma_init must be > 0 or null, got {self.gamma_init!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         if self.gamma_init is not None:
             gamma = self.gamma_init
         else:  # γ0 = α0 / mean|w|
             n = P.sym_levels(self.bits)
             gamma = n * init_step(weight, self.bits, self.init, n, n) / (weight.detach().abs().mean().item() or 1)
         return MDSQuant(self.bits, transposed, gamma)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 3 * 32
 
 
 class MDSQuant(ScaledFakeQuant):

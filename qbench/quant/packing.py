@@ -23,6 +23,12 @@ def packed_nbytes(n: int, bits: int) -> int:
     return (n * bits + 7) // 8
 
 
+def side_bits(state: dict[str, torch.Tensor]) -> int:
+    """Bits of a packed state's side tensors (all but "codes": codebook, scales, offsets...), stored as fp32: the
+    scheme's overhead besides its b-bit codes. The record's per-tensor overhead and the packed file both use it."""
+    return sum(32 * v.numel() for k, v in state.items() if k != "codes")
+
+
 def _check_bits(bits: int) -> None:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
         raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
@@ -94,7 +100,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
 
 @runtime_checkable
 class Packable(Protocol):
-    """What a quantizing parametrization implements so `qbench.export` can store it as packed codes.
+    """What a quantizing parametrization implements so `qbench.quant.checkpoint` can store it as packed codes.
 
     - `bits`: width of one code (1..8).
     - `packed_state(latent)`: {"codes": integer tensor with latent.numel() values in [0, 2**bits), in an order of

@@ -4,7 +4,7 @@ Weights are clipped to [-α, α] and quantized symmetrically (α·{-n..n}/n, 2 b
 gradient: the latent weight gets the upstream gradient where |w| < α (0 where clipped); α gets sign(w) times the
 upstream gradient only from the clipped weights (|w| >= α): d clip(w, -α, α) / dα.
 
-α0 (`init`): mse (default) = the clip minimising the quantization error Σ (w - q)² (`clipped.fit_step`, α0 <= max|w|),
+α0 (`init`): mse (default) = the clip minimising the quantization error Σ (w - q)² (`scaled.fit_step`, α0 <= max|w|),
 so the quantizer starts no worse than symmetric min-max and, with weights at or beyond α0, α gets a gradient from
 the first step; minmax = max|w|; lsq = 2·sqrt(n)·mean|w| (LSQ's range: 18σ at 8 bits for Gaussian weights, beyond
 every weight of most tensors, where dL/dα = 0 and α never moves). `alpha_init` (α0 = alpha_init·mean|w|)
@@ -21,7 +21,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.clipped import ScaledFakeQuant, check_init, init_step
+from qbench.quant.scaled import ScaledFakeQuant, check_init, init_step
 from qbench.quant.schemes import Scheme
 
 
@@ -37,16 +37,13 @@ class PACT(Scheme):
         if self.alpha_init is not None and not self.alpha_init > 0:
             raise QbenchError(f"scheme.alpha_init must be > 0 or null, got {self.alpha_init!r}")
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
+    def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
         n = P.sym_levels(self.bits)
         if self.alpha_init is not None:
             alpha = self.alpha_init * weight.detach().abs().mean().item()
         else:
             alpha = n * init_step(weight, self.bits, self.init, n, n)
         return PACTQuant(self.bits, transposed, alpha or 1e-8)
-
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        return 3 * 32  # fp32 step + the two level constants, per tensor
 
 
 class PACTQuant(ScaledFakeQuant):

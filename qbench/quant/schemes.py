@@ -1,11 +1,27 @@
 """Scheme base class: a small validated dataclass that turns one weight into a quantizing parametrization.
 
-A concrete scheme (one file each: `linear.py`, `kmeans.py`, ...) implements `parametrization` and
-`overhead_bits`; `qbench.quant.wiring.quantize_model` attaches the parametrizations to a model.
+A concrete scheme (one file each: `linear.py`, `kmeans.py`, ...) implements `parametrization`, whose module also
+implements the packing protocol (qbench.quant.packing.Packable): what it packs is also what its size is (side
+tensors = overhead bits). `qbench.quant.wiring.quantize_model` attaches the parametrizations to a model.
+
+Calibration protocol (data-aware schemes). A scheme that needs statistics of the task's data returns them from
+`calibration()`: a `Calibration(stats, batches)`, e.g. `Calibration(("grad_sq",), batches=16)`. Before quantizing,
+the pipeline measures them once, on the model as it is about to be quantized (pre-trained for order qat, the FP
+fine-tune otherwise), over the first `batches` batches of the task's training split, with the task kind's own
+collator (qbench.calibrate). Then `parametrization(weight, transposed, name=..., stats=...)` is called per tensor
+with its parameter name and `stats`, {statistic: tensor} of that tensor:
+- "grad_sq": like `weight`: the mean over the batches of the squared gradient of the task loss (diagonal Fisher);
+- "inputs": (positions, in_features): the inputs of the Linear/Conv1D layer owning the weight (none for embeddings).
+A data-free scheme returns None from `calibration()` and receives stats=None. So a data-aware scheme is one file
+(the dataclass and its parametrization), one yaml in conf/scheme/ and one test.
+
+`latent_trained`: whether fine-tuning still trains the latent weight once it is quantized (STE schemes) or only
+the scheme's own parameters (k-means' codebook, False: the latent weight is frozen).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -14,6 +30,22 @@ from torch import nn
 
 from qbench.errors import QbenchError
 
+STATS = ("grad_sq", "inputs")  # the statistics a scheme can ask for (see the module docstring)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a data-aware scheme asks the pipeline to measure before quantizing (qbench.calibrate)."""
+
+    stats: tuple[str, ...]  # of STATS
+    batches: int = 8  # calibration batches: the first of the task's training split, in order
+
+    def __post_init__(self) -> None:
+        if not self.stats or set(self.stats) - set(STATS):
+            raise QbenchError(f"calibration stats {self.stats!r}; valid: one or more of {', '.join(STATS)}")
+        if not isinstance(self.batches, int) or self.batches < 1:
+            raise QbenchError(f"calibration batches must be an integer >= 1, got {self.batches!r}")
+
 
 @dataclass(frozen=True)
 class Scheme:
@@ -21,6 +53,7 @@ class Scheme:
     inputs of the quantized Linear/Conv1D layers (None = full precision; see qbench.quant.wiring)."""
 
     name: ClassVar[str] = "base"
+    latent_trained: ClassVar[bool] = True  # False: fine-tuning trains only the scheme's parameters (k-means)
     bits: int
     embed_bits: int | None = None
     act_bits: int | None = None
@@ -46,13 +79,17 @@ class Scheme:
         """transformers.TrainerCallback instances the scheme needs during fine-tuning (LAQ: optimizer state)."""
         return []
 
-    def parametrization(self, weight: torch.Tensor, transposed: bool) -> nn.Module:
-        """Module mapping the latent weight to its quantized value (same shape). `transposed`: the weight is
-        stored (in, out) as in GPT-2's Conv1D, so output units are its columns."""
-        raise NotImplementedError
+    def calibration(self) -> Calibration | None:
+        """The statistics this scheme needs before quantizing (see the module docstring); None: data-free."""
+        return None
 
-    def overhead_bits(self, shape2d: tuple[int, int]) -> int:
-        """Bits of side information (codebook, scales, offsets) stored besides the b-bit codes."""
+    def parametrization(
+        self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats: Mapping[str, torch.Tensor] | None = None
+    ) -> nn.Module:
+        """Module mapping the latent weight to its quantized value (same shape). `transposed`: the weight is
+        stored (in, out) as in GPT-2's Conv1D, so output units are its columns. `name`: the parameter's name;
+        `stats`: this tensor's calibration statistics ({"grad_sq": like weight, "inputs": (positions, in)}) when
+        `calibration()` asked for them, else None."""
         raise NotImplementedError
 
     def describe(self) -> dict:

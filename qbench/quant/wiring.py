@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,8 +19,9 @@ from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from qbench.errors import QbenchError
+from qbench.quant.packing import side_bits
 from qbench.quant.primitives import act_fake_quant, sqnr_db
-from qbench.quant.schemes import Scheme, as_2d
+from qbench.quant.schemes import Scheme
 
 QUANTIZABLE = (nn.Linear, nn.Embedding, Conv1D)
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ class TensorReport:
     shape: list[int]
     numel: int
     sqnr_db: float
-    overhead_bits: int
+    overhead_bits: int  # side tensors of the packed state (codebook, scales...), qbench.quant.packing.side_bits
     shared_with: list[str] = field(default_factory=list)  # other names of the same tensor
     bits: int | None = None  # this tensor's bits (embed_bits for nn.Embedding weights); None = the scheme's
 
@@ -101,8 +103,11 @@ def select(model: nn.Module, include: list[str], exclude: list[str]) -> dict[str
     return {name: (module, others) for name, module, others in chosen.values()}
 
 
-def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude: list[str]) -> QuantReport:
-    """Quantize the selected weights of `model` in place with `scheme`; returns what was done."""
+def quantize_model(
+    model: nn.Module, scheme: Scheme, include: list[str], exclude: list[str], stats: Mapping[str, dict] | None = None
+) -> QuantReport:
+    """Quantize the selected weights of `model` in place with `scheme`; returns what was done. `stats`: the
+    calibration statistics per tensor name (qbench.calibrate), when the scheme asked for them."""
     t0 = time.perf_counter()
     targets = select(model, list(include), list(exclude))
     if not targets:
@@ -112,7 +117,8 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
         w = module.weight
         transposed = isinstance(module, Conv1D)
         s = scheme.for_embedding() if isinstance(module, nn.Embedding) else scheme
-        p = s.parametrization(w.detach(), transposed).to(w.device)  # k-means codebooks are fitted on the CPU
+        p = s.parametrization(w.detach(), transposed, name=name, stats=(stats or {}).get(name))
+        p = p.to(w.device)  # k-means codebooks are fitted on the CPU
         with torch.no_grad():
             wq = p(w.detach())
         parametrize.register_parametrization(module, "weight", p, unsafe=True)
@@ -120,12 +126,10 @@ def quantize_model(model: nn.Module, scheme: Scheme, include: list[str], exclude
             mod = model.get_submodule(other.rsplit(".", 1)[0])
             if mod is not module and not parametrize.is_parametrized(mod, "weight"):
                 parametrize.register_parametrization(mod, "weight", p, unsafe=True)
-        if hasattr(p, "centroids"):  # the latent tensor is no longer used: do not train it
+        if not s.latent_trained:  # the latent tensor is no longer used: do not train it
             module.parametrizations.weight.original.requires_grad_(False)
-        shape2d = tuple(as_2d(w, transposed).shape)
-        reports.append(
-            TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), s.overhead_bits(shape2d), others, s.bits)
-        )
+        overhead = side_bits(p.packed_state(w.detach()))  # what the packer stores besides the codes
+        reports.append(TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), overhead, others, s.bits))
     described = scheme.describe()
     if getattr(scheme, "act_bits", None):  # activation fake-quant on the inputs of the quantized Linear/Conv1D
         hooked = quantize_activations(model, [n for t in reports for n in (t.name, *t.shared_with)], scheme.act_bits)

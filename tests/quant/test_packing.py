@@ -49,3 +49,33 @@ def test_bad_inputs():
         pack_bits(torch.tensor([0.5]), 2)
     with pytest.raises(ValueError, match="fewer"):
         unpack_bits(torch.zeros(2, dtype=torch.uint8), 3, 6)
+
+
+HAND_WRITTEN_OVERHEAD = {  # the per-scheme formulas the record's overhead_bits came from before it was read off the
+    "linear": lambda bits, rows: 2 * 32,  # packed state: fp32 scale + offset per tensor (paper A's default)
+    "linear_row": lambda bits, rows: 2 * 32 * rows,  # ... per row
+    "kmeans": lambda bits, rows: 32 * 2**bits,  # one fp32 codebook
+    **{name: lambda bits, rows: 3 * 32 for name in ("pact", "lsq", "laq", "mds")},  # step + two level constants
+}
+
+
+@pytest.mark.parametrize("name", HAND_WRITTEN_OVERHEAD)
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+@pytest.mark.parametrize("kind", ["gaussian", "few_values", "constant"])
+def test_side_bits_of_the_packed_state_equal_the_former_hand_written_overhead(name, bits, kind):
+    import importlib
+
+    from qbench.quant.linear import Linear
+    from qbench.quant.packing import side_bits
+
+    if name == "lsq" and bits == 1:
+        pytest.skip("scheme=lsq refuses 1 bit (its grid {-1, 0} is degenerate)")
+    w = {"gaussian": torch.randn(6, 40, generator=torch.Generator().manual_seed(bits)),
+         "few_values": torch.tensor([0.0, 1.0]).repeat(6, 20), "constant": torch.full((6, 40), 0.5)}[kind]  # fmt: skip
+    if name == "linear_row":
+        scheme = Linear(bits=bits, granularity="row")
+    else:
+        cls = {"linear": "Linear", "kmeans": "KMeans", "pact": "PACT", "lsq": "LSQ", "laq": "LAQ", "mds": "MDS"}[name]
+        scheme = getattr(importlib.import_module(f"qbench.quant.{name}"), cls)(bits=bits)
+    p = scheme.parametrization(w, transposed=False)
+    assert side_bits(p.packed_state(w)) == HAND_WRITTEN_OVERHEAD[name](bits, w.shape[0])

@@ -140,7 +140,9 @@ def test_wea_bits_embeddings_and_activation_hooks(scheme):
 @pytest.mark.parametrize("scheme", [MDS, PACT, LSQ, LAQ])
 @pytest.mark.parametrize("bits", [1, 2, 3, 8])
 def test_packed_state_rebuilds_the_forward_value_bit_for_bit(scheme, bits):
-    if scheme is LSQ and bits == 1:
+    if scheme is LSQ and bits == 1:  # nothing to pack: LSQ refuses 1 bit
+        with pytest.raises(QbenchError, match="needs bits >= 2"):
+            LSQ(bits=1)
         return
     w = torch.randn(16, 24, generator=torch.Generator().manual_seed(bits)) * 0.05
     p = scheme(bits=bits).parametrization(w, transposed=True)

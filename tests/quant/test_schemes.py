@@ -6,6 +6,7 @@ from qbench.errors import QbenchError
 from qbench.quant.kmeans import Codebook, KMeans
 from qbench.quant.kmeans1d import init_centroids
 from qbench.quant.linear import Linear
+from qbench.quant.packing import side_bits
 
 
 @pytest.mark.parametrize("bits", [0, 9, 2.5, True])
@@ -72,5 +73,6 @@ def test_linear_rows_are_output_units_for_transposed_weights():
     w = torch.tensor([[0.0, 0.0], [1.0, 10.0], [3.0, 30.0]])
     q = Linear(bits=1, granularity="row").parametrization(w, transposed=True)(w)
     assert torch.equal(q, torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 30.0]]))
-    assert Linear(bits=2, granularity="row").overhead_bits((2, 3)) == 2 * 2 * 32
-    assert Linear(bits=2).overhead_bits((2, 3)) == 2 * 32  # paper A's default: one range per tensor
+    row, tensor = Linear(bits=2, granularity="row"), Linear(bits=2)
+    assert side_bits(row.parametrization(w, transposed=True).packed_state(w)) == 2 * 2 * 32  # scale + offset per row
+    assert side_bits(tensor.parametrization(w, transposed=True).packed_state(w)) == 2 * 32  # paper A: one per tensor

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qbench.kinds.dialog import encode_example, parse_parlai
-from qbench.lmeval import IGNORE, lm_windows, pad_collator, perplexity, rouge, token_scores
+from qbench.kinds.generative import IGNORE, lm_windows, pad_collator, perplexity, rouge, token_scores
 
 V = 7
 
@@ -140,7 +140,7 @@ def test_rouge_lsum_is_summary_level_over_sentences():
 
 
 def test_sentences_are_split_by_a_real_splitter():
-    from qbench.lmeval import sentences
+    from qbench.kinds.generative import sentences
 
     assert sentences("Dr. Smith paid $3.50 for it. He left.\nThen it rained") == (
         "Dr. Smith paid $3.50 for it.\nHe left.\nThen it rained"

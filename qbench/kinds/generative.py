@@ -1,4 +1,4 @@
-"""Metrics and batching of the generative kinds: perplexity over context windows, response-token scores, ROUGE.
+"""What the generative kinds (causal_lm, dialog, summarization) share: padding, perplexity windows, token scores, ROUGE.
 
 Perplexity is exp(mean negative log-likelihood, in nats, of the scored tokens); token accuracy is the share of
 scored tokens that are the model's argmax prediction. Both are per model token (the model's own tokenizer).
@@ -14,12 +14,6 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100  # label of a position that is not scored (HF convention)
-
-
-def eval_device(cfg) -> torch.device:
-    """cfg.device: auto = CUDA when available."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
 
 
 @dataclass(frozen=True)
