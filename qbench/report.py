@@ -267,7 +267,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     df = as_percent(load_records(paths))
-    df["series"] = df["scheme"] + split_labels(across_bits(df), ["task", "scheme"])[0]  # one configuration a line
+    df["series"] = series_labels(df)  # one configuration a line, named alike in every panel
     tasks = sorted(df["task"].unique())
     color = line_colors(df[df["scheme"] != "none"])
     ncol = min(3, len(tasks))  # legend columns below the panels
@@ -299,6 +299,17 @@ def plot(paths: list[str], out: str) -> list[Path]:
             files.append(path)
         plt.close(fig)
     return files
+
+
+def series_labels(df: pd.DataFrame) -> pd.Series:
+    """'kmeans (order=ptq, train.lr=...)': the scheme, its order wherever the records hold more than one, and what
+    else sets a configuration apart from the others of its task and scheme (bit-widths left out)."""
+    many_orders = df.loc[df["scheme"] != "none", "order"].nunique() > 1
+    labels = split_labels(across_bits(df), ["task", "scheme"])[0].str.strip(" ()").str.split(", ")
+    extra = [", ".join(f for f in fields if f and not f.startswith("order=")) for fields in labels]
+    parts = [[f"order={o}"] if many_orders and isinstance(o, str) else [] for o in df["order"]]
+    return pd.Series([sc + (f" ({', '.join([*p, x] if x else p)})" if p or x else "")
+                      for sc, p, x in zip(df["scheme"], parts, extra, strict=True)], index=df.index)  # fmt: skip
 
 
 def line_colors(df: pd.DataFrame) -> dict[str, str]:

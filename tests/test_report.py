@@ -134,7 +134,7 @@ def test_plot_draws_one_line_per_configuration(tmp_path):
     write(tmp_path / "records", MIXED)
     main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
     svg = (tmp_path / "study_bits.svg").read_text()
-    assert "model=bert, order=ptq" in svg and "train.lr=0.0001" in svg
+    assert "order=ptq, model=bert" in svg and "train.lr=0.0001" in svg
 
 
 def test_a_ptq_line_reaching_8_bits_is_one_line(tmp_path):
