@@ -59,9 +59,14 @@ def fine_tune_only(r: dict) -> bool:
     return r["scheme"].get("name") == "none" and r.get("order") in ("qat", "ptq", "ft_then_qat")
 
 
+def orderless_fp(df: pd.DataFrame) -> pd.Series:
+    """Which rows are FP fine-tunes without an order of their own (fine_tune_only)."""
+    return df["order"].isna() & (df["scheme"] == "none")
+
+
 def every_order(df: pd.DataFrame) -> pd.DataFrame:
     """The FP rows without an order, once for each order that its task's quantized records have."""
-    fp = df["order"].isna() & (df["scheme"] == "none")
+    fp = orderless_fp(df)
     orders = df[~fp].dropna(subset=["order"]).groupby("task")["order"].unique()
     copies = [df[fp & (df["task"] == task)].assign(order=o) for task, os in orders.items() for o in os]
     lone = df[fp & ~df["task"].isin(orders.index)]  # a task with FP records only keeps them as they are
@@ -115,7 +120,7 @@ def where(df: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
             raise QbenchError(f"--where {cond!r}: expected FIELD=VALUE, e.g. order=ptq or train.lr=5e-05")
         keep = field(df, name).map(lambda v, value=value: same(v, value))
         if name in ("order", "train.order"):
-            keep |= df["order"].isna() & (df["scheme"] == "none")  # the FP fine-tune belongs to every order
+            keep |= orderless_fp(df)  # the FP fine-tune belongs to every order
         df = df[keep]
     if df.empty:
         raise QbenchError(f"no record matches --where {' '.join(conditions)}")
@@ -271,9 +276,9 @@ def plot(paths: list[str], out: str) -> list[Path]:
     tasks = sorted(df["task"].unique())
     color = line_colors(df[df["scheme"] != "none"])
     ncol = min(3, len(tasks))  # legend columns below the panels
+    rows = -(-df["series"].nunique() // ncol)
     files = []
     for name, x in (("bits", "bits"), ("pareto", "effective_bits")):
-        rows = -(-df["series"].nunique() // ncol)
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2 + 0.2 * rows), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
             t = df[df["task"] == task]
