@@ -9,6 +9,7 @@ the distillation (`DistillSpec`), the data source, and the run's seed and device
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -133,5 +134,7 @@ def check_combinations(scheme: Scheme | NoQuant, train: TrainSchema, distill: Di
     if fp_cap is not None and qat_cap is not None and qat_cap > fp_cap:
         raise QbenchError(f"train.qat.max_train_examples={qat_cap}: at most train.max_train_examples={fp_cap} (the QAT "
                           "stage trains on the first N of the same examples)")  # fmt: skip
+    if train.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise QbenchError('train.report_to=tensorboard needs tensorboard: pip install "qbench[tensorboard]"')
     if scheme.name == "laq" and optim != "adamw_torch":
         raise QbenchError(f"scheme=laq reads Adam's second moments: train.optim={optim!r} needs adamw_torch")

@@ -102,6 +102,7 @@ class TrainSchema:
     progress_bar: bool = key()
     optim: str = choice(*OPTIMS)
     sampler: str = choice("random", "group_by_length", default="random")  # TrainingArguments.train_sampling_strategy
+    report_to: str = choice("none", "tensorboard", default="none")  # tensorboard: RUN_DIR/tensorboard/<stage>
     qat: QatSchema = key(factory=QatSchema)
     # per-task settings of a recipe, {task name: {train key: value}}, merged into train for that task's cells
     # (`for_task`): e.g. train=cpu caps SST-2's examples
@@ -134,26 +135,28 @@ class HubSchema:
 
 @dataclass
 class LmSchema:
-    """task.lm: causal LM windows (qbench/kinds/causal_lm.py); dialog reads context_length only."""
+    """task.lm: causal LM windows (qbench/kinds/causal_lm.py); dialog reads context_length only. The defaults here
+    are the only ones: a yaml's null means the default (qbench.tasks.TaskSpec)."""
 
-    context_length: int | None = ge(1, None)
-    stride: int | None = ge(1, None)
-    max_eval_tokens: int | None = ge(1, None)
-    batch_tokens: int | None = ge(1, None)
+    context_length: int | None = ge(1, None)  # null: the model's maximum (dialog: min(512, the model's maximum))
+    stride: int | None = ge(1, None)  # null: context_length (disjoint windows)
+    max_eval_tokens: int | None = ge(1, None)  # null: every token of the split
+    batch_tokens: int | None = ge(1, 8192)  # evaluation windows per batch = batch_tokens // context_length
 
 
 @dataclass
 class GenerationSchema:
-    """task.generation: beam search of the summarization kind (null = qbench/kinds/summarization.py's default)."""
+    """task.generation: beam search of the summarization kind (qbench/kinds/summarization.py). The defaults here
+    are the only ones: a yaml's null means the default (qbench.tasks.TaskSpec)."""
 
-    num_beams: int | None = ge(1, None)
-    max_source_length: int | None = ge(1, None)
-    max_target_length: int | None = ge(1, None)
-    min_target_length: int | None = ge(0, None)
-    length_penalty: float | None = key(None)
-    no_repeat_ngram_size: int | None = ge(0, None)
-    batch_size: int | None = ge(1, None)
-    samples: int | None = ge(0, None)
+    num_beams: int | None = ge(1, 4)
+    max_source_length: int | None = ge(1, None)  # null: the model's maximum
+    max_target_length: int | None = ge(1, 64)
+    min_target_length: int | None = ge(0, 0)
+    length_penalty: float | None = key(1.0)
+    no_repeat_ngram_size: int | None = ge(0, 3)
+    batch_size: int | None = ge(1, 8)
+    samples: int | None = ge(0, 5)  # generated summaries kept in the record
 
 
 @dataclass

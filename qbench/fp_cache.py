@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from qbench.distributed import barrier, is_main
 from qbench.models import cache_root
 from qbench.sweep import BOOKKEEPING, QUANT_STAGE, digest, drop, identity
 
@@ -43,11 +44,20 @@ def is_cached(cache: Path) -> bool:
 
 def finetuned_fp(cache: Path, model, tok, train: Callable[[object], dict], load: Callable[[str], object]):
     """(model, training info) of the full-precision fine-tune: `load(cache folder)` when it is cached, else
-    `train(model)` (in place) and saved to `cache` with the tokenizer."""
+    `train(model)` (in place) and saved to `cache` with the tokenizer (by process 0 of several, the others waiting
+    for it, so that all of them find it cached from then on)."""
     if is_cached(cache):
         log.info("full-precision fine-tuned model from the cache: %s", cache)
         return load(str(cache)), {**json.loads((cache / INFO).read_text()), "cached": str(cache)}
     info = train(model)
+    if is_main():
+        save(cache, model, tok, info)
+    barrier()
+    return model, {**info, "cached": None}
+
+
+def save(cache: Path, model, tok, info: dict) -> None:
+    """Write the entry into a temporary folder, then rename it into place."""
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
@@ -56,4 +66,3 @@ def finetuned_fp(cache: Path, model, tok, train: Callable[[object], dict], load:
         os.replace(tmp, cache)
     except OSError:  # another job cached the same model meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
-    return model, {**info, "cached": None}

@@ -3,10 +3,12 @@ evaluates and writes the record."""
 
 from __future__ import annotations
 
+import os
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +18,7 @@ from qbench.calibrate import calibrate
 from qbench.cell import Cell, parse, resolve_device
 from qbench.config import TrainSchema
 from qbench.distill import DistillTrainer
+from qbench.distributed import barrier, is_main
 from qbench.fp_cache import finetuned_fp, is_cached
 from qbench.models import weight_sharing
 from qbench.quant.checkpoint import PACKED_NAME
@@ -28,77 +31,122 @@ from qbench.train import finetune
 
 def run(cell: Cell | DictConfig, run_dir: Path) -> dict:
     """Run one experiment cell (a composed config is parsed first) and write run_dir/record.json
-    (+ predictions.jsonl); returns the record."""
+    (+ predictions.jsonl); returns the record. Under torchrun every process runs it and process 0 writes."""
     started, timer = datetime.now(timezone.utc), Timer()
     cell = cell if isinstance(cell, Cell) else parse(cell)
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; an in-process caller need not
-    kind, order, task, scheme = kinds.get(cell.task.kind), cell.order, cell.task, cell.scheme
+    kind = kinds.get(cell.task.kind)
     with timer("load"):
-        model, tok = kind.load_model(cell.model, task, cell.seed)
+        model, tok = kind.load_model(cell.model, cell.task, cell.seed)
         data = kind.load_data(cell, tok, need_train=cell.needs_train)
-    train_ds = data[task.train_split].inputs if cell.needs_train else None
-
-    def fit(m, stage: TrainSchema = cell.train, **options) -> dict:  # fine-tune m in place on the training split
-        examples = head(train_ds, stage.max_train_examples)  # QAT: the first N of the FP stage's examples
-        return finetune(m, examples, kind.collator(tok), stage, cell.seed, cell.device, **options)
-
-    def load_fp(path: str):  # the cached full-precision fine-tune
-        return kind.load_model(replace(cell.model, name_or_path=path, config=None), task, cell.seed)[0]
-
-    training, quant = {}, None
-    if order in ("ptq", "ft_then_qat") or (order == "qat" and not cell.quantize):
-        with timer("train_fp"):  # once per (model, task, seed, training config), then from the cache
-            model, training["full_precision"] = finetuned_fp(cell.fp_cache, model, tok, fit, load_fp)
-    stats = None
-    if cell.calibration:  # what a data-aware scheme measures first, on the model about to be quantized
-        with timer("calibrate"):
-            stats = calibrate(model, cell.calibration, train_ds, kind.collator(tok), cell.train.batch_size,
-                              cell.model.include, cell.model.exclude)  # fmt: skip
+    stages = Stages(cell, kind, tok, data[cell.task.train_split].inputs if cell.needs_train else None, run_dir, timer)
+    training, quant, size = {}, None, None
+    if cell.order in ("ptq", "ft_then_qat") or (cell.order == "qat" and not cell.quantize):
+        model, training["full_precision"] = stages.full_precision(model)
     if cell.quantize:
-        with timer("quantize"):
-            quant = quantize_model(model, scheme, cell.model.include, cell.model.exclude, stats).summary()
-        quant["weight_sharing"] = weight_sharing(model)
-    if cell.quantize and order in ("qat", "ft_then_qat"):
-        options = {"callbacks": scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments
-        if cell.distill.active:  # the cached full-precision fine-tuned model teaches (qbench.distill)
-            with timer("teacher"):  # a fresh copy of the pre-trained model, fine-tuned unless cached
-                fresh = None if is_cached(cell.fp_cache) else kind.load_model(cell.model, task, cell.seed)[0]
-                teacher, info = finetuned_fp(cell.fp_cache, fresh, tok, fit, load_fp)
-            options |= {"trainer_cls": DistillTrainer, "teacher": teacher, "spec": cell.distill}
-            training["teacher"] = {**{k: v for k, v in info.items() if k != "loss_curve"}, "distill": cell.distill.name}
-        with timer("train_qat"):  # train.* with the train.qat.* overrides, on the first N of the same examples
-            training["qat"] = fit(model, cell.qat, **options)
-    if cell.quantize:  # packed size (and with export=true the packed checkpoint RUN_DIR/model.packed.safetensors)
-        with timer("export" if cell.export else "size"):
-            size = size_section(model, scheme.bits, run_dir / PACKED_NAME if cell.export else None, packed_meta(cell),
-                                scheme.embed_bits)  # fmt: skip
+        quant = stages.quantize(model)
+        if cell.order in ("qat", "ft_then_qat"):
+            training |= stages.quantization_aware(model)
+        size = stages.size(model)
     with timer("eval"):
         metrics, rows = kind.evaluate(cell, model, tok, data)
-    protocol = getattr(kind, "protocol", None)  # optional: how the kind computed its metrics (context, beams...)
-    if cell.save_predictions:
+    if cell.save_predictions and is_main():
         write_jsonl(run_dir / "predictions.jsonl", rows)
-    main = {"name": task.main_metric, "split": task.eval_splits[0]}
-    record = {
+    protocol = getattr(kind, "protocol", None)  # optional: how the kind computed its metrics (context, beams...)
+    evaluation = protocol(cell, model, tok, data, rows) if protocol else None
+    record = completed_record(cell, quant, metrics, training, size, evaluation, timer, started)
+    if is_main():
+        write_json_atomic(run_dir / "record.json", record)
+    barrier()  # the processes leave the cell together: none checks the next one while this one is being written
+    return record
+
+
+@dataclass
+class Stages:
+    """The stages of one cell and what they share: the kind's functions, the tokenizer, the training split
+    (None when the cell trains on nothing), the run folder (TensorBoard logs, packed file) and the timer."""
+
+    cell: Cell
+    kind: ModuleType
+    tok: object
+    train_ds: object
+    run_dir: Path
+    timer: Timer
+
+    def fit(self, model, stage: TrainSchema, **options) -> dict:
+        """Fine-tune model in place on the first stage.max_train_examples training examples (QAT: the first N of
+        the FP stage's examples)."""
+        c = self.cell
+        log_dir = self.run_dir / "tensorboard" / ("qat" if stage is c.qat else "full_precision")
+        return finetune(model, head(self.train_ds, stage.max_train_examples), self.kind.collator(self.tok), stage,
+                        c.seed, c.device, log_dir=log_dir, **options)  # fmt: skip
+
+    def full_precision(self, model=None):
+        """(model, training info) of the FP fine-tune, trained from `model` once per (model, task, seed, training
+        config, data), then loaded from the cache. No model: the distillation teacher (a fresh pre-trained copy is
+        fine-tuned when it is not cached)."""
+        c, teacher = self.cell, model is None
+        load = lambda path: self.kind.load_model(replace(c.model, name_or_path=path, config=None), c.task, c.seed)[0]
+        with self.timer("teacher" if teacher else "train_fp"):
+            if teacher and not is_cached(c.fp_cache):
+                model = self.kind.load_model(c.model, c.task, c.seed)[0]
+            return finetuned_fp(c.fp_cache, model, self.tok, lambda m: self.fit(m, c.train), load)
+
+    def quantize(self, model) -> dict:
+        """Calibrate (data-aware schemes only), then quantize model in place; returns the record's scheme section."""
+        c, stats = self.cell, None
+        if c.calibration:  # what a data-aware scheme measures first, on the model about to be quantized
+            with self.timer("calibrate"):
+                stats = calibrate(model, c.calibration, self.train_ds, self.kind.collator(self.tok), c.train.batch_size,
+                                  c.model.include, c.model.exclude)  # fmt: skip
+        with self.timer("quantize"):
+            quant = quantize_model(model, c.scheme, c.model.include, c.model.exclude, stats).summary()
+        return {**quant, "weight_sharing": weight_sharing(model)}
+
+    def quantization_aware(self, model) -> dict:
+        """Fine-tune the quantized model (train.* with the train.qat.* overrides), taught by the cached FP
+        fine-tune when distillation is on; returns the record's training entries ({qat} or {teacher, qat})."""
+        c, out = self.cell, {}
+        options = {"callbacks": c.scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments
+        if c.distill.active:  # qbench.distill
+            teacher, info = self.full_precision()
+            options |= {"trainer_cls": DistillTrainer, "teacher": teacher, "spec": c.distill}
+            out["teacher"] = {**{k: v for k, v in info.items() if k != "loss_curve"}, "distill": c.distill.name}
+        with self.timer("train_qat"):
+            out["qat"] = self.fit(model, c.qat, **options)
+        return out
+
+    def size(self, model) -> dict:
+        """Packed size; with export=true also the packed checkpoint RUN_DIR/model.packed.safetensors."""
+        c = self.cell
+        with self.timer("export" if c.export else "size"):
+            path = self.run_dir / PACKED_NAME if c.export and is_main() else None
+            return size_section(model, c.scheme.bits, path, packed_meta(c), c.scheme.embed_bits)
+
+
+def completed_record(cell: Cell, quant: dict | None, metrics: dict, training: dict, size: dict | None,
+                     evaluation: dict | None, timer: Timer, started: datetime) -> dict:  # fmt: skip
+    """The record of a completed cell."""
+    main = {"name": cell.task.main_metric, "split": cell.task.eval_splits[0]}
+    return {
         "schema": SCHEMA_VERSION,
         "status": "completed",
         "cell_id": cell.id,
         "model": cell.model.name,
-        "task": task.name,
-        "scheme": quant or scheme.describe(),
-        "order": order,
+        "task": cell.task.name,
+        "scheme": quant or cell.scheme.describe(),
+        "order": cell.order,
         **({"distill": asdict(cell.distill)} if cell.distill.active else {}),
         "seed": cell.seed,
         "data": cell.data.identity or "hub",  # {split: file, bytes, sha256} of local files, or the hub (task.hub)
         "metrics": metrics,
         "main_metric": {**main, "value": metrics[main["split"]][main["name"]]},
         "training": training,
-        **({"size": size} if cell.quantize else {}),
-        **({"evaluation": protocol(cell, model, tok, data, rows)} if protocol else {}),
+        **({"size": size} if size is not None else {}),
+        **({"evaluation": evaluation} if evaluation is not None else {}),
         "timings": {**timer.seconds, "total": (datetime.now(timezone.utc) - started).total_seconds()},
         **provenance(cell.config, cell.device, started),
     }
-    write_json_atomic(run_dir / "record.json", record)
-    return record
 
 
 def packed_meta(cell: Cell) -> dict:
@@ -121,6 +169,7 @@ def provenance(config: dict, device: str, started: datetime) -> dict:
         "git_sha": git_sha(),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        **({"processes": world} if (world := int(os.environ.get("WORLD_SIZE", "1"))) > 1 else {}),  # torchrun
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -146,5 +195,6 @@ def failed_record(cfg: DictConfig, run_dir: Path, error: BaseException, started:
         "seed": cfg.seed,
         **provenance(OmegaConf.to_container(cfg, resolve=True), device, started),
     }
-    write_json_atomic(run_dir / "record.json", record)
+    if is_main():
+        write_json_atomic(run_dir / "record.json", record)
     return record

@@ -38,6 +38,7 @@ EXCLUDED = {
     "rounding): the record's `device` says which ran",
     "data_dir": "a path on this machine: local data are identified by content instead (data_identity)",
     "task.data_dir": "likewise (it stays in the id as null, as in older ids)",
+    "train.report_to": "where the training curves are logged as well (TensorBoard)",
 }
 # in the cell id (ids of older configs stay the same) but without any effect on results: the FP cache key and
 # tables ignore them

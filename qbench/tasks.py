@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qbench.config import GenerationSchema, LmSchema
 from qbench.errors import QbenchError
 
 # name -> (module, function): the official GLUE metrics, imported when first computed
@@ -47,8 +48,8 @@ class TaskSpec:
     label_field: str | None = "label"  # null for language modelling
     id_field: str = "idx"
     files: Mapping = field(default_factory=dict)  # split -> file name in the mirror / data_dir (e.g. test: test.txt)
-    lm: Mapping = field(default_factory=dict)  # causal LM evaluation: context_length, stride, max_eval_tokens
-    generation: Mapping = field(default_factory=dict)  # summarization: num_beams, length limits, samples
+    lm: LmSchema = field(default_factory=LmSchema)  # causal LM evaluation windows (qbench.config: the defaults)
+    generation: GenerationSchema = field(default_factory=GenerationSchema)  # summarization's beam search, likewise
 
     def __post_init__(self) -> None:
         bad = [m for m in self.metrics if m not in METRICS and m not in KIND_METRICS]
@@ -72,8 +73,10 @@ class TaskSpec:
             raise QbenchError(f"task {d.get('name')}: unknown key(s) {sorted(unknown)}")
         for k in ("text_fields", "metrics", "eval_splits"):
             d[k] = tuple(d[k])
-        for k in ("hub", "files", "lm", "generation"):
+        for k in ("hub", "files"):
             d[k] = dict(d.get(k) or {})
+        for k, section in (("lm", LmSchema), ("generation", GenerationSchema)):  # null = the schema's default
+            d[k] = section(**{key: v for key, v in (d.get(k) or {}).items() if v is not None})
         return cls(**d)
 
     def compute_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
 from qbench.config import TrainSchema
+from qbench.errors import QbenchError
 
 
 def training_args(train: TrainSchema, seed: int, device: str) -> TrainingArguments:
@@ -35,15 +37,35 @@ def training_args(train: TrainSchema, seed: int, device: str) -> TrainingArgumen
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
         train_sampling_strategy=train.sampler,  # group_by_length: batches of similar lengths
+        # several processes (torchrun): each one's loss is a mean over its share of the batch and DDP averages the
+        # gradients. Left on, Trainer multiplies every loss by the process count, expecting a loss summed over
+        # tokens and divided by the global count; BERT's and BART's heads ignore that count and return a mean, so
+        # their gradients (and logged losses) came out N times too large.
+        average_tokens_across_devices=False,
     )
 
 
+def tensorboard(log_dir: Path):
+    """Trainer's TensorBoard integration, writing to log_dir: every logged value (loss, learning rate, gradient
+    norm, distillation's loss_task/loss_kd/loss_tcd) at its step."""
+    try:  # an optional extra: pip install "qbench[tensorboard]"
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise QbenchError('train.report_to=tensorboard needs tensorboard: pip install "qbench[tensorboard]"') from e
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))
+
+
 def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
-             **trainer_kwargs) -> dict:  # fmt: skip
+             log_dir: Path | None = None, **trainer_kwargs) -> dict:  # fmt: skip
     """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve} (+ loss_components
     when the trainer has them: qbench.distill). `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
-    `trainer_cls`/`trainer_kwargs`: a Trainer subclass and its extra arguments (qbench.distill.DistillTrainer)."""
+    `trainer_cls`/`trainer_kwargs`: a Trainer subclass and its extra arguments (qbench.distill.DistillTrainer);
+    `log_dir`: where train.report_to=tensorboard writes this stage's event file (by the main process only)."""
     args = training_args(train, seed, device)
+    if train.report_to == "tensorboard" and log_dir is not None and args.process_index == 0:
+        callbacks = [*(callbacks or []), tensorboard(log_dir)]
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, data_collator=collator,
                           callbacks=callbacks or None, **trainer_kwargs)  # fmt: skip
     out = trainer.train()

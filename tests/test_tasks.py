@@ -55,3 +55,14 @@ def test_unknown_task_key_rejected():
     with pytest.raises(QbenchError, match="unknown key"):
         TaskSpec.from_config({"name": "x", "metrics": ["accuracy"], "main_metric": "accuracy",
                               "eval_splits": ["validation"], "colour": "blue"})  # fmt: skip
+
+
+def test_a_yaml_null_in_lm_or_generation_means_the_one_default():
+    from qbench.config import GenerationSchema, LmSchema
+
+    ptb = TaskSpec.from_config(OmegaConf.load(conf_dir() / "task" / "ptb.yaml"))
+    assert ptb.lm == LmSchema(batch_tokens=8192) and ptb.lm.context_length is None
+    xsum = TaskSpec.from_config(
+        {**OmegaConf.load(conf_dir() / "task" / "xsum.yaml"), "generation": {"num_beams": None, "samples": 2}}
+    )
+    assert xsum.generation == GenerationSchema(samples=2) and xsum.generation.num_beams == 4

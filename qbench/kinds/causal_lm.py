@@ -82,7 +82,7 @@ def load_data(cell, tok, need_train: bool) -> dict[str, Split]:
         if split == task.train_split and need_train:
             out[split] = Split(train_blocks(ids, tr.max_length, tr.max_train_examples, cell.seed), source=source)
         else:
-            cap = task.lm.get("max_eval_tokens")
+            cap = task.lm.max_eval_tokens
             out[split] = Split([doc_start(tok)] + (ids[:cap] if cap else ids), source=source)
     return out
 
@@ -100,10 +100,10 @@ def model_context(model) -> int:
 
 
 def settings(model, task: TaskSpec) -> tuple[int, int]:
-    context = task.lm.get("context_length") or model_context(model)
+    context = task.lm.context_length or model_context(model)
     if context > model_context(model):
         raise QbenchError(f"task.lm.context_length={context} exceeds the model's maximum {model_context(model)}")
-    stride = task.lm.get("stride") or context
+    stride = task.lm.stride or context
     if not 1 <= stride <= context:
         raise QbenchError(f"task.lm.stride={stride} must be in 1..context_length ({context})")
     return context, stride
@@ -114,7 +114,7 @@ def evaluate(cell, model, tok, data: dict[str, Split]) -> tuple[dict, list[dict]
     task = cell.task
     model.to(torch.device(cell.device)).eval()
     context, stride = settings(model, task)
-    batch = max(1, int(task.lm.get("batch_tokens") or 8192) // context)
+    batch = max(1, task.lm.batch_tokens // context)
     metrics, rows = {}, []
     for split in task.eval_splits:
         ids = data[split].inputs
@@ -138,7 +138,7 @@ def protocol(cell, model, tok, data: dict[str, Split], rows: list[dict]) -> dict
         "context_length": context,
         "stride": stride,
         "windows": "disjoint" if stride == context else f"sliding: each window scores its last {stride} tokens",
-        "max_eval_tokens": task.lm.get("max_eval_tokens"),
+        "max_eval_tokens": task.lm.max_eval_tokens,
         "max_eval_rows": cell.train.max_eval_examples,
         "train_block_tokens": cell.train.max_length,
         "sources": {split: d.source for split, d in data.items()},

@@ -38,7 +38,7 @@ def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
 
 def budget(task: TaskSpec, tok) -> int:
     """Tokens per example: task.lm.context_length, default min(512, the model's maximum context)."""
-    n = task.lm.get("context_length") or min(512, tok.model_max_length)
+    n = task.lm.context_length or min(512, tok.model_max_length)
     if n > tok.model_max_length:
         raise QbenchError(f"task.lm.context_length={n} exceeds the model's maximum {tok.model_max_length}")
     return int(n)

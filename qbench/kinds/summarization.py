@@ -11,6 +11,8 @@ Every generated summary is in predictions.jsonl (save_predictions=true); the fir
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import datasets
 import torch
 from torch.nn.utils import parametrize
@@ -24,12 +26,10 @@ from qbench.models import load_model as _load
 from qbench.models import load_tokenizer
 from qbench.tasks import TaskSpec
 
-DEFAULTS = {"num_beams": 4, "max_source_length": None, "max_target_length": 64, "min_target_length": 0,
-            "length_penalty": 1.0, "no_repeat_ngram_size": 3, "batch_size": 8, "samples": 5}  # fmt: skip
-
 
 def gen(task: TaskSpec) -> dict:
-    return {**DEFAULTS, **{k: v for k, v in task.generation.items() if v is not None}}
+    """task.generation as a dict (a yaml's nulls already replaced by qbench.config.GenerationSchema's defaults)."""
+    return asdict(task.generation)
 
 
 def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
@@ -49,7 +49,7 @@ def load_model(model_cfg: ModelSchema, task: TaskSpec, seed: int):
 def source_length(task: TaskSpec, tok) -> int:
     """task.generation.max_source_length, default (null) the model's maximum (tok.model_max_length, set by
     load_model); more than the model's maximum is an error."""
-    n = task.generation.get("max_source_length") or tok.model_max_length
+    n = task.generation.max_source_length or tok.model_max_length
     if n > tok.model_max_length:
         raise QbenchError(f"task.generation.max_source_length={n} exceeds the model's maximum {tok.model_max_length}")
     return int(n)
