@@ -1,8 +1,13 @@
-"""User errors: one line on stderr, exit code 2, no traceback, no record."""
+"""The command line (qbench.cli): user errors are one line on stderr, exit code 2, no traceback, no record;
+`run export=true`, `export` and `size`."""
+
+import re
 
 import pytest
 
 from qbench.cli import main
+from qbench.quant.checkpoint import PACKED_NAME, load_packed
+from tests.conftest import qbench, read_record
 
 CASES = [
     (
@@ -160,3 +165,53 @@ def test_real_binary_exits_2_fast_offline(tmp_path):
     # loaded CI machine while still catching huggingface_hub's retry loop (tens of seconds)
     assert p.returncode == 2 and time.perf_counter() - t0 < 30
     assert p.stderr.count("\n") == 1 and "hub is unreachable" in p.stderr
+
+
+def test_run_export_true_then_load_gives_the_record_metrics(tmp_path, data_dir):
+    from omegaconf import OmegaConf
+
+    from qbench import kinds
+    from qbench.cell import parse
+    from qbench.models import load_tokenizer
+
+    p = qbench("run", "model=tiny_bert", "task=rte", "train=debug", "train.max_eval_examples=48", "export=true",
+               f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = read_record(tmp_path)
+    packed = tmp_path / PACKED_NAME
+    s = r["size"]
+    assert s["packed_bytes_source"] == "file" and s["packed_bytes"] == packed.stat().st_size
+    assert s["nominal_bits"] == 2 and 2.0 < s["effective_bits"] < 2.01 and s["ratio_fp32"] > 10
+    cell = parse(OmegaConf.create(r["config"]))
+    kind, tok = kinds.get(cell.task.kind), load_tokenizer(cell.model)
+    model = load_packed(packed)
+    data = kind.load_data(cell, tok, need_train=False)
+    metrics, _ = kind.evaluate(cell, model, tok, data)
+    assert metrics == r["metrics"]
+    # already exported: `qbench export` checks that it loads and reports it
+    p = qbench("export", str(tmp_path))
+    assert p.returncode == 0 and "already exported" in p.stdout, p.stderr[-2000:]
+
+
+def test_export_command_reruns_a_run_without_packed_file(tmp_path, data_dir):
+    p = qbench("run", "model=tiny_bert", "task=rte", "train=debug", "train.max_eval_examples=48", "scheme=linear",
+               "bits=3", f"hydra.run.dir={tmp_path}")  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    before = read_record(tmp_path)
+    assert before["size"]["packed_bytes_source"] == "computed" and not (tmp_path / PACKED_NAME).exists()
+    p = qbench("export", str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    after = read_record(tmp_path)
+    assert (tmp_path / PACKED_NAME).stat().st_size == after["size"]["packed_bytes"] == before["size"]["packed_bytes"]
+    assert after["size"]["packed_bytes_source"] == "file" and (tmp_path / "record.before-export.json").exists()
+    assert "same as the original record" in p.stdout and after["metrics"] == before["metrics"]
+
+
+def test_size_command_last_line(tmp_path):
+    p = qbench("size", "model=tiny_bert", "scheme=linear", "bits=3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    last = p.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio_fp32=\d+\.\d\d ratio_paper=\d+\.\d\d", last), last
+    assert "fp32 safetensors file" in p.stdout
+    p = qbench("size", "model=tiny_bert", "scheme=none")
+    assert p.returncode == 2 and "nothing is quantized" in p.stderr

@@ -1,53 +1,21 @@
-"""Packed checkpoints: export -> load equals the fake-quantized weights; sizes; the CLI (run export=true, export,
-size)."""
+"""Packed checkpoints (qbench.quant.checkpoint): export -> load equals the fake-quantized weights, for every
+scheme and bit-width; tied and shared embeddings are stored once."""
 
 import json
-import re
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save, save_file
 from torch.nn.utils import parametrize
-from transformers import (
-    BartConfig,
-    BartForConditionalGeneration,
-    BertConfig,
-    BertForSequenceClassification,
-    GPT2Config,
-    GPT2LMHeadModel,
-)
 
 from qbench.quant.checkpoint import PACKED_NAME, export_packed, load_packed
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
 from qbench.quant.wiring import quantize_model
-from qbench.size import fp32_bytes, paper_b_bits, safetensors_nbytes, size_section
-from tests.conftest import qbench, read_record
+from qbench.size import paper_b_bits
+from tests.tiny import tiny_bart, tiny_bert, tiny_gpt2
 
 GPT2_INCLUDE = ["*transformer.wte.weight", "*transformer.h.*"]  # lm_head (tied to wte) deliberately not named
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=64)).eval()
-
-
-def tiny_bert():
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     max_position_embeddings=64)  # fmt: skip
-    return BertForSequenceClassification(cfg).eval()
-
-
-def tiny_bart():
-    torch.manual_seed(0)
-    cfg = BartConfig(vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                     max_position_embeddings=64)  # fmt: skip
-    return BartForConditionalGeneration(cfg).eval()
 
 
 def fake_quantized(model) -> dict[str, torch.Tensor]:
@@ -182,90 +150,3 @@ def test_bart_shared_embedding_stored_once(tmp_path):
     x = torch.randint(3, 100, (1, 8))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
-
-
-def test_safetensors_nbytes_is_exact():
-    u8, i64, f16 = torch.uint8, torch.int64, torch.float16
-    tensors = {"zz": torch.zeros(3, dtype=u8), "a.b": torch.zeros(2, 5), "m": torch.zeros(7, dtype=u8),
-               "i": torch.zeros(4, dtype=i64), "h": torch.zeros(3, dtype=f16)}  # fmt: skip
-    for md in ({}, {"format": "pt", "x": 'quote " and ünïcode'}):
-        entries = {k: (v.dtype, v.shape) for k, v in tensors.items()}
-        assert safetensors_nbytes(entries, md) == len(save(tensors, metadata=md or None))
-
-
-def test_fp32_bytes_is_the_fp32_checkpoint(tmp_path):
-    model = tiny_bert()
-    save_file(model.state_dict(), str(tmp_path / "fp32.safetensors"), metadata={"format": "pt"})
-    expected = (tmp_path / "fp32.safetensors").stat().st_size
-    assert fp32_bytes(model) == expected
-    quantize_model(model, KMeans(bits=2), ["*.embeddings.*", "*.encoder.*"], [])
-    assert fp32_bytes(model) == expected  # same model, quantized: latents and codebooks are not counted
-
-
-def test_size_section_computed_equals_file_and_paper_b():
-    model = tiny_gpt2()
-    n_total = sum(p.numel() for p in model.parameters())
-    quantize_model(model, KMeans(bits=2), GPT2_INCLUDE, [])
-    s = size_section(model, 2, None, {"a": 1})
-    with tempfile.TemporaryDirectory() as d:
-        f = size_section(model, 2, Path(d) / PACKED_NAME, {"a": 1})
-        assert f["packed_bytes"] == (Path(d) / PACKED_NAME).stat().st_size
-    assert s["packed_bytes"] == f["packed_bytes"] and s["packed_bytes_source"] == "computed"
-    q = 100 * 32 + 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32)
-    assert s["quantized_params"] == q and s["fp_params"] == n_total - q
-    assert s["code_bytes"] == q * 2 // 8  # every tensor's size is a multiple of 4
-    assert s["side_bytes"] == 9 * 4 * 4 and s["effective_bits"] == 8 * (s["code_bytes"] + s["side_bytes"]) / q
-    p = paper_b_bits(model, 2)
-    assert p["b_bit_params"] == q and p["fp_here"] == []
-    assert p["ratio"] == pytest.approx(32 * n_total / (2 * q + 32 * (n_total - q)))
-    assert s["ratio_fp32"] == s["fp32_bytes"] / s["packed_bytes"] and s["ratio_paper"] == p["ratio"]
-
-
-def test_run_export_true_then_load_gives_the_record_metrics(tmp_path, data_dir):
-    from omegaconf import OmegaConf
-
-    from qbench import kinds
-    from qbench.cell import parse
-    from qbench.models import load_tokenizer
-
-    p = qbench("run", "model=tiny_bert", "task=rte", "train=debug", "train.max_eval_examples=48", "export=true",
-               f"hydra.run.dir={tmp_path}")  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = read_record(tmp_path)
-    packed = tmp_path / PACKED_NAME
-    s = r["size"]
-    assert s["packed_bytes_source"] == "file" and s["packed_bytes"] == packed.stat().st_size
-    assert s["nominal_bits"] == 2 and 2.0 < s["effective_bits"] < 2.01 and s["ratio_fp32"] > 10
-    cell = parse(OmegaConf.create(r["config"]))
-    kind, tok = kinds.get(cell.task.kind), load_tokenizer(cell.model)
-    model = load_packed(packed)
-    data = kind.load_data(cell, tok, need_train=False)
-    metrics, _ = kind.evaluate(cell, model, tok, data)
-    assert metrics == r["metrics"]
-    # already exported: `qbench export` checks that it loads and reports it
-    p = qbench("export", str(tmp_path))
-    assert p.returncode == 0 and "already exported" in p.stdout, p.stderr[-2000:]
-
-
-def test_export_command_reruns_a_run_without_packed_file(tmp_path, data_dir):
-    p = qbench("run", "model=tiny_bert", "task=rte", "train=debug", "train.max_eval_examples=48", "scheme=linear",
-               "bits=3", f"hydra.run.dir={tmp_path}")  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
-    before = read_record(tmp_path)
-    assert before["size"]["packed_bytes_source"] == "computed" and not (tmp_path / PACKED_NAME).exists()
-    p = qbench("export", str(tmp_path))
-    assert p.returncode == 0, p.stderr[-3000:]
-    after = read_record(tmp_path)
-    assert (tmp_path / PACKED_NAME).stat().st_size == after["size"]["packed_bytes"] == before["size"]["packed_bytes"]
-    assert after["size"]["packed_bytes_source"] == "file" and (tmp_path / "record.before-export.json").exists()
-    assert "same as the original record" in p.stdout and after["metrics"] == before["metrics"]
-
-
-def test_size_command_last_line(tmp_path):
-    p = qbench("size", "model=tiny_bert", "scheme=linear", "bits=3")
-    assert p.returncode == 0, p.stderr[-2000:]
-    last = p.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"ratio_fp32=\d+\.\d\d ratio_paper=\d+\.\d\d", last), last
-    assert "fp32 safetensors file" in p.stdout
-    p = qbench("size", "model=tiny_bert", "scheme=none")
-    assert p.returncode == 2 and "nothing is quantized" in p.stderr
