@@ -122,8 +122,8 @@ class Codebook(nn.Module):
     def bits(self) -> int:
         return max(1, (self.centroids.numel() - 1).bit_length())
 
-    def code_layout(self) -> tuple[int, int]:
-        """(codebooks, entries per codebook) of packed_state's codes: one codebook."""
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(codebooks, entries per codebook) of packed_state's codes (qbench.quant.diagnostics): one codebook."""
         return 1, self.centroids.numel()
 
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,8 +156,8 @@ class GroupedCodebook(nn.Module):
     def bits(self) -> int:
         return max(1, (self.centroids.shape[1] - 1).bit_length())
 
-    def code_layout(self) -> tuple[int, int]:
-        """(codebooks, entries per codebook) of packed_state's codes (contiguous per codebook)."""
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(codebooks, entries per codebook) of packed_state's codes, contiguous per codebook (diagnostics)."""
         return tuple(self.centroids.shape)
 
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:

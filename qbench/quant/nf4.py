@@ -118,7 +118,7 @@ class NormalFloatQuant(nn.Module):
     def bits(self) -> int:
         return self._bits
 
-    def code_layout(self) -> tuple[int, int]:
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
         """(codebooks, entries): one shared codebook (scaled per block)."""
         return 1, self.code.numel()
 

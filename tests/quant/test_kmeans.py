@@ -64,7 +64,7 @@ def test_group_gradient_is_the_sum_over_members():
 def test_packed_state_and_side_bits(granularity, groups):
     w = torch.randn(6, 16, generator=torch.Generator().manual_seed(4))
     p = KMeans(bits=3, granularity=granularity, group_size=8).parametrization(w, transposed=False)
-    assert isinstance(p, GroupedCodebook) and p.bits == 3 and p.code_layout() == (groups, 8)
+    assert isinstance(p, GroupedCodebook) and p.bits == 3 and p.code_layout(w) == (groups, 8)
     state = p.packed_state(w)
     assert side_bits(state) == 32 * groups * 8  # the centroid table
     info = {"shape": [6, 16], "dtype": "float32", "bits": 3, "transposed": False}
