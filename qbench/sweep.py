@@ -83,7 +83,8 @@ def drop(d: dict, path: str) -> None:
 def unused(d: dict, full_precision: bool) -> list[str]:
     """Keys of resolved config d that cannot change this cell's result: the bits of a full-precision cell, the
     distillation settings when distillation is off (kd_weight = tcd_weight = 0), a scheme seed equal to the run's,
-    W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default)."""
+    W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default), k-means' granularity at `tensor`
+    and its group_size unless granularity=group."""
     out = ["bits", "embed_bits", "act_bits"] if full_precision else []
     distill = d.get("distill") or {}
     if not (distill.get("kd_weight") or distill.get("tcd_weight")):
@@ -92,6 +93,10 @@ def unused(d: dict, full_precision: bool) -> list[str]:
         out += [prefix + k for k in ("embed_bits", "act_bits") if k in where and where[k] is None]  # null
     if "seed" in (d.get("scheme") or {}) and d["scheme"]["seed"] == d.get("seed"):
         out.append("scheme.seed")  # the run's seed (k-means' init), already in the id as `seed`
+    scheme = d.get("scheme") or {}
+    if scheme.get("_target_") == "qbench.quant.kmeans.KMeans":  # added later: paper A's k-means ids stay as they were
+        out += ["scheme.granularity"] if scheme.get("granularity", "tensor") == "tensor" else []
+        out += ["scheme.group_size"] if scheme.get("granularity", "tensor") != "group" else []  # read by group only
     qat = (d.get("train") or {}).get("qat") or {}  # QAT-stage overrides: null = the train.* value, as without it
     nulls = [f"train.qat.{k}" for k, v in qat.items() if v is None]
     return out + (["train.qat"] if qat and len(nulls) == len(qat) else nulls)

@@ -19,7 +19,10 @@ CASES = [
     (["run", "+train.tasks.sst2.order=ptq"], "train.tasks="),
     (["run", "model=gpt5"], "unknown model 'gpt5'; valid: albert, bart, bert"),
     (["run", "task=squad"], "unknown task 'squad'; valid: cnn_dm, cola"),
-    (["run", "scheme=binary"], "unknown scheme 'binary'; valid: kmeans, laq, linear, linear_row, lsq, mds, none, pact"),
+    (
+        ["run", "scheme=binary"],
+        "unknown scheme 'binary'; valid: kmeans, laq, linear, linear_row, lsq, mds, nf4, none, pact",
+    ),
     (["run", "train=huge"], "unknown train 'huge'"),
     (["run", "-m", "scheme=linear,kmeens"], "unknown scheme 'kmeens'"),
     (["run", "bits=9"], "bits must be an integer in 1..8, got 9"),

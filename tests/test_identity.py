@@ -109,3 +109,16 @@ def test_data_are_identified_by_content_not_path(tmp_path):
     assert ids("task=rte", f"data_dir={tmp_path}")[0] != shared[0]
     folder = ids("task=rte", "data_dir=null", f"task.data_dir={DATA / 'glue' / 'rte'}")
     assert folder == shared  # the same files given as the task's own folder
+
+
+def test_kmeans_granularity_keeps_paper_a_ids():
+    """granularity/group_size came later: paper A's k-means (granularity=tensor) hashes exactly as before them (the
+    id below was computed with the code before them, on the shared data mirror); row and group are new cells."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(composed("model=minilm", "task=sst2", "scheme=kmeans", "bits=2", "train=cpu"))
+    assert cell_id(cfg) == "minilm-sst2-kmeans-b2-s42-66e1c9df"
+    assert ids("scheme=kmeans", "scheme.group_size=64") == ids("scheme=kmeans")  # read by granularity=group only
+    row, group = ids("scheme=kmeans", "scheme.granularity=row"), ids("scheme=kmeans", "scheme.granularity=group")
+    assert len({row[0], group[0], ids("scheme=kmeans")[0]}) == 3
+    assert ids("scheme=kmeans", "scheme.granularity=group", "scheme.group_size=64")[0] != group[0]

@@ -51,3 +51,34 @@ def test_size_section_computed_equals_file_and_paper_b():
     assert p["b_bit_params"] == q and p["fp_here"] == []
     assert p["ratio"] == pytest.approx(32 * n_total / (2 * q + 32 * (n_total - q)))
     assert s["ratio_fp32"] == s["fp32_bytes"] / s["packed_bytes"] and s["ratio_paper"] == p["ratio"]
+
+
+@pytest.mark.parametrize("granularity", ["row", "group"])
+def test_kmeans_row_and_group_side_bits_are_their_centroid_tables(tmp_path, granularity):
+    from qbench.quant.schemes import as_2d
+
+    model = tiny_gpt2()
+    quantize_model(model, KMeans(bits=2, granularity=granularity, group_size=16), GPT2_INCLUDE, [])
+    s = size_section(model, 2, tmp_path / PACKED_NAME)
+    tables, n = 0, 0
+    for name, module in model.named_modules():
+        if hasattr(module, "parametrizations") and name != "lm_head":
+            w = module.parametrizations.weight.original
+            rows, cols = as_2d(w, name.endswith(("c_attn", "c_proj", "c_fc"))).shape
+            tables += 4 * (rows if granularity == "row" else rows * cols // 16)  # 4 centroids each
+            n += w.numel()
+    assert s["side_bytes"] == 4 * tables and s["quantized_params"] == n
+    assert s["effective_bits"] == pytest.approx((2 * n + 32 * tables) / n, rel=1e-3)  # codes rounded to bytes
+    assert s["packed_bytes"] == (tmp_path / PACKED_NAME).stat().st_size
+
+
+def test_nf4_side_bits_are_block_scales_and_codebook(tmp_path):
+    from qbench.quant.nf4 import NF4
+
+    model = tiny_gpt2()
+    quantize_model(model, NF4(bits=4, block_size=64), GPT2_INCLUDE, [])
+    s = size_section(model, 4, tmp_path / PACKED_NAME)
+    tensors = [m.parametrizations.weight.original for n, m in model.named_modules()
+               if hasattr(m, "parametrizations") and n != "lm_head"]  # fmt: skip
+    side = sum(4 * (-(-w.numel() // 64) + 16) for w in tensors)  # fp32 absmax per block + the 16-entry codebook
+    assert s["side_bytes"] == side and s["quantized_params"] == sum(w.numel() for w in tensors)

@@ -1,7 +1,12 @@
 """K-means ('weight sharing') quantization as in Deep Compression / Zhao et al. 2020.
 
-One codebook of 2^bits centroids per tensor. The assignment of each weight to a centroid is fixed after
+One codebook of 2^bits centroids per tensor (granularity=tensor, paper A), per output unit (row) or per
+`group_size` consecutive weights of a row (group). The assignment of each weight to a centroid is fixed after
 clustering; during fine-tuning each centroid moves by the sum of its members' gradients.
+
+Per-tensor codebooks use kmeans_1d (Lloyd with split-merge moves). Per-row and per-group codebooks cluster all
+rows (groups) of a matrix in one batched call, kmeans_1d_rows: plain Lloyd from the same init, row g equal to
+kmeans_1d(row g, improve=False, accelerate=False).
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qbench.errors import QbenchError
-from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_sklearn
-from qbench.quant.schemes import Scheme
+from qbench.quant import primitives as P
+from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
+from qbench.quant.schemes import Scheme, as_2d
 
 BACKENDS = ("qbench", "sklearn")
 
@@ -28,6 +34,8 @@ class KMeans(Scheme):
     max_iter: int = 100
     backend: str = "qbench"
     seed: int = 0  # RNG seed of init=kmeans++; conf/scheme/kmeans.yaml sets it to the run's `seed`
+    granularity: str = "tensor"  # tensor (paper A) | row (per output unit) | group (group_size weights of a row)
+    group_size: int = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,6 +43,23 @@ class KMeans(Scheme):
             raise QbenchError(f"scheme.init={self.init!r}; valid: {', '.join(INITS)}")
         if self.backend not in BACKENDS:
             raise QbenchError(f"scheme.backend={self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if self.granularity not in P.GRANULARITIES:
+            raise QbenchError(f"scheme.granularity={self.granularity!r}; valid: {', '.join(P.GRANULARITIES)}")
+        if self.granularity == "group" and self.group_size < 2:
+            raise QbenchError(f"scheme.group_size must be >= 2, got {self.group_size}")
+        if self.granularity != "tensor" and self.backend != "qbench":
+            raise QbenchError(f"scheme.backend={self.backend} clusters per tensor only; use backend=qbench with "
+                              f"granularity={self.granularity}")  # fmt: skip
+
+    def describe(self) -> dict:
+        """As before granularity existed when it is `tensor` (records of paper A's k-means keep their scheme
+        section); group_size only with granularity=group."""
+        d = super().describe()
+        if self.granularity == "tensor":
+            del d["granularity"]
+        if self.granularity != "group":
+            del d["group_size"]
+        return d
 
     def cluster(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(centroids (k,), labels like weight) for this tensor."""
@@ -45,9 +70,21 @@ class KMeans(Scheme):
             res = kmeans_1d(weight, k, self.init, self.max_iter, seed=self.seed)
         return res.centroids, res.labels.reshape(weight.shape)
 
+    def cluster_rows(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centroids (G, k), labels (G, m)) of the rows of g (G, m), one codebook each, in one batched call."""
+        res = kmeans_1d_rows(g, 2**self.bits, self.init, self.max_iter, seed=self.seed)
+        return res.centroids, res.labels
+
     def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
-        centroids, labels = self.cluster(weight)
-        return Codebook(centroids.to(weight.dtype), labels)
+        if self.granularity == "tensor":
+            centroids, labels = self.cluster(weight)
+            return Codebook(centroids.to(weight.dtype), labels)
+        w2d = as_2d(weight, transposed)
+        if self.granularity == "group" and w2d.shape[1] % self.group_size:
+            raise QbenchError(f"scheme.group_size={self.group_size} does not divide a row of length {w2d.shape[1]}"
+                              f" ({name or 'a weight'}); choose a divisor or granularity=row")  # fmt: skip
+        centroids, labels = self.cluster_rows(P.grouped(w2d, self.granularity, self.group_size))
+        return GroupedCodebook(centroids.to(weight.dtype), labels, tuple(weight.shape), transposed)
 
 
 class _Gather(torch.autograd.Function):
@@ -85,9 +122,60 @@ class Codebook(nn.Module):
     def bits(self) -> int:
         return max(1, (self.centroids.numel() - 1).bit_length())
 
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(codebooks, entries per codebook) of packed_state's codes (qbench.quant.diagnostics): one codebook."""
+        return 1, self.centroids.numel()
+
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"codes": self.labels, "centroids": self.centroids.detach().float()}
 
     @classmethod
     def unpack(cls, state: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
         return state["centroids"].to(getattr(torch, info["dtype"]))[state["codes"]].reshape(info["shape"])
+
+
+class GroupedCodebook(nn.Module):
+    """One codebook per row or group: quantized weight = centroids[group, labels] in the grouped (G, m) view of the
+    (rows = output units, cols) matrix; labels fixed, centroids (G, k) trained by their members' gradients."""
+
+    def __init__(self, centroids: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...], transposed: bool):
+        super().__init__()
+        g, k = centroids.shape
+        self.shape, self.transposed = shape, transposed
+        self.centroids = nn.Parameter(centroids.clone())  # (G, k)
+        # flat index into centroids.reshape(-1): labels + k * group, (G, m) int32 (one buffer, no per-step offsets)
+        index = labels.to(torch.int64) + k * torch.arange(g)[:, None]
+        self.register_buffer("index", index.to(torch.int32 if g * k < 2**31 else torch.int64))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        q = _Gather.apply(self.centroids.reshape(-1), self.index)  # (G, m); backward: per-centroid sums
+        return _from_grouped(q, self.shape, self.transposed)
+
+    # export hooks (qbench.quant.packing.Packable): codes = labels in grouped (G, m) order, codebooks = centroids
+    @property
+    def bits(self) -> int:
+        return max(1, (self.centroids.shape[1] - 1).bit_length())
+
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(codebooks, entries per codebook) of packed_state's codes, contiguous per codebook (diagnostics)."""
+        return tuple(self.centroids.shape)
+
+    def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        g, k = self.centroids.shape
+        labels = self.index.to(torch.int64) - k * torch.arange(g)[:, None]
+        return {"codes": labels.reshape(-1), "centroids": self.centroids.detach().float()}
+
+    @classmethod
+    def unpack(cls, state: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+        c = state["centroids"].to(getattr(torch, info["dtype"]))  # (G, k)
+        g, k = c.shape
+        q = c.reshape(-1)[state["codes"].reshape(g, -1) + k * torch.arange(g)[:, None]]  # (G, m)
+        return _from_grouped(q, tuple(info["shape"]), info["transposed"])
+
+
+def _from_grouped(q: torch.Tensor, shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
+    """The weight (shape) from its grouped view q (G, m) of the (rows, cols) matrix (Conv1D: stored transposed)."""
+    n = q.numel()
+    rows, cols = (n // shape[0], shape[0]) if transposed else (shape[0], n // shape[0])
+    q2d = q.reshape(rows, cols)
+    return (q2d.t() if transposed else q2d).reshape(shape)

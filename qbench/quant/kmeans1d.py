@@ -491,3 +491,92 @@ def kmeans_sklearn(
     c = torch.from_numpy(km.cluster_centers_[:, 0]).sort().values
     labels = assign(flat, c)
     return KMeansResult(c.float(), labels, float(((flat - c[labels]) ** 2).sum()), int(km.n_iter_))
+
+
+# --- many independent 1-D k-means at once: one per row of a matrix (per-row / per-group codebooks) ---
+
+
+def _linspace_rows(lo: torch.Tensor, hi: torch.Tensor, k: int) -> torch.Tensor:
+    """(G, k) float64: torch.linspace(lo[g], hi[g], k) for every row g, bit for bit (the vectorised CPU kernel
+    rounds some points differently from a closed formula, so it is called per row: ~2 us a row)."""
+    out = torch.empty(lo.numel(), k, dtype=torch.float64)
+    for g, (a, b) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True)):
+        torch.linspace(a, b, k, dtype=torch.float64, out=out[g])
+    return out
+
+
+def init_centroids_rows(xs: torch.Tensor, k: int, init: str, seed: int = 0) -> torch.Tensor:
+    """Initial centroids (G, k) float64 of each row of xs (G, m), sorted along rows: init_centroids per row."""
+    if init == "linear":
+        return _linspace_rows(xs[:, 0].double(), xs[:, -1].double(), k)
+    if init == "density":
+        m = xs.shape[1]
+        pos = (torch.arange(k, dtype=torch.float64) + 0.5) / k * (m - 1)  # (k,)
+        i0 = pos.floor().long()
+        i1 = (i0 + 1).clamp_max(m - 1)
+        v0, v1 = xs[:, i0].double(), xs[:, i1].double()  # (G, k)
+        return v0 + (pos - i0) * (v1 - v0)
+    if init == "kmeans++":  # sequential D^2 sampling: one row at a time
+        return torch.stack([init_centroids(row, k, init, seed) for row in xs])
+    raise ValueError(f"unknown k-means init {init!r}; valid: {', '.join(INITS)}")
+
+
+def _ceil_f32(v: torch.Tensor) -> torch.Tensor:
+    """Smallest float32 >= v (float64), so that `x < v` <=> `x < result` for every float32 x (as _ceil_to)."""
+    r = v.float()
+    return torch.where(r.double() < v, torch.nextafter(r, torch.tensor(math.inf)), r)
+
+
+def kmeans_1d_rows(x: torch.Tensor, k: int, init: str = "linear", max_iter: int = 100, seed: int = 0) -> KMeansResult:
+    """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total.
+
+    Row g's result equals kmeans_1d(x[g], k, init, max_iter, improve=False, accelerate=False) (bit for bit on float32
+    data: same float64 prefix sums, same float32 midpoint searches, same stopping rule per row), but one torch sort
+    of the whole matrix and batched searches replace G Python calls. Each row is sorted once; a Lloyd step is a
+    batched search of the (G, k-1) midpoints in the sorted rows plus prefix-sum differences; rows that reach a fixed
+    point leave the loop. Empty clusters keep their centroid (plain Lloyd: no split-merge moves)."""
+    x = x.detach()
+    if x.dim() != 2 or x.numel() == 0:
+        raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
+    x = x.float().cpu().contiguous()  # float32 data, as kmeans_1d's float32 path (half types are exact in float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("kmeans_1d_rows: input has NaN or infinite values")
+    g_all, m = x.shape
+    xs = torch.sort(x, dim=1).values  # (G, m)
+    zero = torch.zeros(g_all, 1, dtype=torch.float64)
+    s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
+    c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
+
+    def bounds(rows: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
+        """(A, k+1) run starts of the centroids cen (A, k) in rows `rows` (points to the nearest, ties right)."""
+        mids = _ceil_f32((cen[:, 1:] + cen[:, :-1]) * 0.5)  # (A, k-1)
+        inner = torch.searchsorted(xs[rows], mids)  # number of values strictly below each midpoint
+        a = rows.numel()
+        return torch.cat([inner.new_zeros(a, 1), inner, inner.new_full((a, 1), m)], 1)
+
+    def means(rows: torch.Tensor, b: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
+        """Each run's mean (A, k); empty runs keep their centroid."""
+        cnt = (b[:, 1:] - b[:, :-1]).double()
+        s = s1[rows]
+        tot = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
+        return torch.where(cnt > 0, tot / cnt.clamp_min(1), cen)
+
+    active = torch.arange(g_all)
+    b_act = bounds(active, c)
+    for it in range(1, max_iter + 1):
+        if active.numel() == 0:
+            break
+        mean = means(active, b_act, c[active])
+        b_mean = bounds(active, mean)
+        c[active] = mean
+        moved = (b_mean != b_act).any(1)  # rows not yet at a fixed point
+        if it == max_iter:  # not converged: one more update step (as kmeans_1d), then the final assignment
+            rows = active[moved]
+            if rows.numel():
+                c[rows] = means(rows, b_mean[moved], c[rows])
+        active, b_act = active[moved], b_mean[moved]
+    c32 = c.float()
+    mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
+    labels = torch.searchsorted(mids, x, right=True)  # (G, m): number of midpoints <= each value
+    sse = float(((x.double() - c.gather(1, labels)) ** 2).sum())
+    return KMeansResult(c32, labels, sse, max_iter)

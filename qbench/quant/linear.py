@@ -73,6 +73,13 @@ class LinearFakeQuant(nn.Module):
     def bits(self) -> int:
         return self.scheme.bits
 
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(groups, integer levels) of packed_state's codes (qbench.quant.diagnostics): 2^bits levels asymmetric,
+        2^bits - 1 symmetric (2 at 1 bit)."""
+        s = self.scheme
+        levels = 2**s.bits if not s.symmetric or s.bits == 1 else 2**s.bits - 1
+        return P.n_groups(tuple(as_2d(latent, self.transposed).shape), s.granularity, s.group_size), levels
+
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.scheme
         g = P.grouped(as_2d(latent.detach(), self.transposed), s.granularity, s.group_size)

@@ -146,6 +146,10 @@ class ScaledFakeQuant(nn.Module):
     def bits(self) -> int:
         return self._bits
 
+    def code_layout(self, latent: torch.Tensor) -> tuple[int, int]:
+        """(1, integer levels) of packed_state's codes (qbench.quant.diagnostics): qn + qp + 1 (binary: 2)."""
+        return 1, 2 if self.binary else self.qn + self.qp + 1
+
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             step = self.step(latent.detach()).detach()

@@ -19,8 +19,9 @@ from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
 from qbench.errors import QbenchError
+from qbench.quant.diagnostics import code_layout, summarise, tensor_diagnostics
 from qbench.quant.packing import side_bits
-from qbench.quant.primitives import act_fake_quant, sqnr_db
+from qbench.quant.primitives import act_fake_quant
 from qbench.quant.schemes import Scheme
 
 QUANTIZABLE = (nn.Linear, nn.Embedding, Conv1D)
@@ -46,6 +47,7 @@ class QuantReport:
     tensors: list[TensorReport]
     total_params: int  # unique parameters of the model
     seconds: float
+    diagnostics: list[dict] = field(default_factory=list)  # per tensor, qbench.quant.diagnostics.tensor_diagnostics
 
     @property
     def quantized_params(self) -> int:
@@ -69,6 +71,7 @@ class QuantReport:
             "shared_tensors": {t.name: t.shared_with for t in self.tensors if t.shared_with},
             "layers": [asdict(t) for t in self.tensors],
             "quantize_seconds": self.seconds,
+            **({"diagnostics": summarise(self.diagnostics)} if self.diagnostics else {}),  # codebook usage, SQNR
         }
 
 
@@ -112,7 +115,7 @@ def quantize_model(
     targets = select(model, list(include), list(exclude))
     if not targets:
         raise QbenchError(f"no weight matches include={list(include)} exclude={list(exclude)}")
-    reports = []
+    reports, diagnostics = [], []
     for name, (module, others) in targets.items():
         w = module.weight
         transposed = isinstance(module, Conv1D)
@@ -128,15 +131,20 @@ def quantize_model(
                 parametrize.register_parametrization(mod, "weight", p, unsafe=True)
         if not s.latent_trained:  # the latent tensor is no longer used: do not train it
             module.parametrizations.weight.original.requires_grad_(False)
-        overhead = side_bits(p.packed_state(w.detach()))  # what the packer stores besides the codes
-        reports.append(TensorReport(name, list(w.shape), w.numel(), sqnr_db(w, wq), overhead, others, s.bits))
+        state = p.packed_state(w.detach())
+        overhead = side_bits(state)  # what the packer stores besides the codes
+        diag = tensor_diagnostics(name, state["codes"], code_layout(p, w.detach(), s.bits), w, wq, transposed)
+        # diag's SQNR is primitives.sqnr_db(w, wq), same arithmetic, one pass fewer
+        reports.append(TensorReport(name, list(w.shape), w.numel(), diag["sqnr_db"], overhead, others, s.bits))
+        diagnostics.append(diag)
     described = scheme.describe()
     if getattr(scheme, "act_bits", None):  # activation fake-quant on the inputs of the quantized Linear/Conv1D
         hooked = quantize_activations(model, [n for t in reports for n in (t.name, *t.shared_with)], scheme.act_bits)
         log.info("act_bits=%d: inputs of %d Linear/Conv1D modules fake-quantized per token", scheme.act_bits, hooked)
         described["act_granularity"] = ActFakeQuant.granularity  # the record says how activation ranges are taken
     total = sum(p.numel() for p in {id(p): p for p in _all_tensors(model)}.values())
-    return QuantReport(described, list(include), list(exclude), reports, total, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return QuantReport(described, list(include), list(exclude), reports, total, seconds, diagnostics)
 
 
 class ActFakeQuant(nn.Module):

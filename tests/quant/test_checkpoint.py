@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from qbench.quant.checkpoint import PACKED_NAME, export_packed, load_packed
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
+from qbench.quant.nf4 import NF4
 from qbench.quant.wiring import quantize_model
 from qbench.size import paper_b_bits
 from tests.tiny import tiny_bart, tiny_bert, tiny_gpt2
@@ -38,6 +39,9 @@ SCHEMES = [lambda b: KMeans(bits=b)] + [
     for g in ("tensor", "row", "group")
 ]
 SCHEME_IDS = ["kmeans"] + [f"linear-{'sym' if s else 'asym'}-{g}" for s in (0, 1) for g in ("tensor", "row", "group")]
+SCHEMES += [lambda b: KMeans(bits=b, granularity="row"), lambda b: KMeans(bits=b, granularity="group", group_size=16)]
+SCHEMES += [lambda b: NF4(bits=max(b, 2), block_size=48)]  # NF4 needs 2+ bits; 48: blocks straddle rows
+SCHEME_IDS += ["kmeans-row", "kmeans-group", "nf4"]
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

@@ -187,3 +187,28 @@ def test_fast_labels_match_binary_search(case):
         # the SSE comes from prefix sums (sum x^2 minus the fit): absolute error ~1e-16..1e-14 sum(x^2)
         tol = 1e-5 * _sse(x, r.centroids, r.labels) + 1e-13 * float((x.double() ** 2).sum())
         assert r.sse == pytest.approx(_sse(x, r.centroids, r.labels), abs=tol)
+
+
+@pytest.mark.parametrize("init", ["linear", "density"])
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_rows_equal_plain_lloyd_per_row(k, init):
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    x = torch.randn(9, 300, generator=torch.Generator().manual_seed(k)) ** 3  # heavy tails: empty clusters
+    x[4] = 1.5  # constant row
+    res = kmeans_1d_rows(x, k, init, max_iter=7)  # some rows stop at max_iter, others converge
+    sse = 0.0
+    for r in range(x.shape[0]):
+        ref = kmeans_1d(x[r], k, init, 7, improve=False, accelerate=False)
+        assert torch.equal(res.centroids[r], ref.centroids) and torch.equal(res.labels[r], ref.labels), r
+        sse += ref.sse
+    assert res.sse == pytest.approx(sse, rel=1e-9, abs=1e-12)
+
+
+def test_rows_linspace_init_matches_torch_linspace():
+    from qbench.quant.kmeans1d import _linspace_rows
+
+    lo, hi = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64) + 3
+    for k in (1, 2, 3, 16, 255, 256):
+        got = _linspace_rows(lo, hi, k)
+        assert all(torch.equal(got[i], torch.linspace(lo[i], hi[i], k, dtype=torch.float64)) for i in range(50)), k
