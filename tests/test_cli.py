@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from qbench.cli import main
+from qbench.cli import main, options
 from qbench.quant.checkpoint import PACKED_NAME, load_packed
 from tests.conftest import qbench, read_record
 
@@ -21,7 +21,7 @@ CASES = [
     (["run", "task=squad"], "unknown task 'squad'; valid: cnn_dm, cola"),
     (
         ["run", "scheme=binary"],
-        "unknown scheme 'binary'; valid: kmeans, laq, linear, linear_row, lsq, mds, nf4, none, pact",
+        f"unknown scheme 'binary'; valid: {', '.join(options('scheme'))}",  # every conf/scheme/*.yaml, sorted
     ),
     (["run", "train=huge"], "unknown train 'huge'"),
     (["run", "-m", "scheme=linear,kmeens"], "unknown scheme 'kmeens'"),
