@@ -21,7 +21,7 @@ from torch import nn
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
 from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
-from qbench.quant.schemes import Scheme, as_2d
+from qbench.quant.schemes import Scheme, as_2d, from_2d
 
 BACKENDS = ("qbench", "sklearn")
 
@@ -149,7 +149,7 @@ class GroupedCodebook(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         q = _Gather.apply(self.centroids.reshape(-1), self.index)  # (G, m); backward: per-centroid sums
-        return _from_grouped(q, self.shape, self.transposed)
+        return from_2d(q, self.shape, self.transposed)
 
     # export hooks (qbench.quant.packing.Packable): codes = labels in grouped (G, m) order, codebooks = centroids
     @property
@@ -170,12 +170,4 @@ class GroupedCodebook(nn.Module):
         c = state["centroids"].to(getattr(torch, info["dtype"]))  # (G, k)
         g, k = c.shape
         q = c.reshape(-1)[state["codes"].reshape(g, -1) + k * torch.arange(g)[:, None]]  # (G, m)
-        return _from_grouped(q, tuple(info["shape"]), info["transposed"])
-
-
-def _from_grouped(q: torch.Tensor, shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
-    """The weight (shape) from its grouped view q (G, m) of the (rows, cols) matrix (Conv1D: stored transposed)."""
-    n = q.numel()
-    rows, cols = (n // shape[0], shape[0]) if transposed else (shape[0], n // shape[0])
-    q2d = q.reshape(rows, cols)
-    return (q2d.t() if transposed else q2d).reshape(shape)
+        return from_2d(q, tuple(info["shape"]), info["transposed"])

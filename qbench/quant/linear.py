@@ -10,7 +10,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.schemes import Scheme, as_2d
+from qbench.quant.schemes import Scheme, as_2d, from_2d
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class LinearFakeQuant(nn.Module):
         s = self.scheme
         w2d = as_2d(w.detach(), self.transposed)
         q2d = P.linear_fake_quant(w2d, s.bits, s.symmetric, s.granularity, s.group_size)
-        return (q2d.t() if self.transposed else q2d).reshape(w.shape)
+        return from_2d(q2d, tuple(w.shape), self.transposed)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         # value exactly quantized(w) (`w + (q - w).detach()` is off by an ulp for ~1% of weights), gradient 1 to
@@ -91,6 +91,4 @@ class LinearFakeQuant(nn.Module):
         dtype, shape = getattr(torch, info["dtype"]), info["shape"]
         scale, offset = state["scale"].to(dtype), state["offset"].to(dtype)
         q = (offset + scale * state["codes"].reshape(scale.shape[0], -1)).to(dtype)  # as P.linear_fake_quant
-        rows, cols = shape[0], q.numel() // shape[0]
-        q2d = q.reshape(cols, rows).t() if info["transposed"] else q.reshape(rows, cols)
-        return q2d.reshape(shape)
+        return from_2d(q, tuple(shape), info["transposed"])

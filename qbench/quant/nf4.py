@@ -24,7 +24,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant.linear import StraightThrough
-from qbench.quant.schemes import Scheme, as_2d
+from qbench.quant.schemes import Scheme, as_2d, from_2d
 
 NF4_OFFSET = 0.9677083  # bitsandbytes' create_normal_map default: (1 - 1/30 + 1 - 1/32) / 2, rounded
 
@@ -108,7 +108,7 @@ class NormalFloatQuant(nn.Module):
     def quantized(self, w: torch.Tensor) -> torch.Tensor:
         codes, absmax = self._codes(w)
         q = nf_dequant(codes, absmax, self.code, self.block_size).to(w.dtype)
-        return _from_view(q, tuple(w.shape), self.transposed)
+        return from_2d(q, tuple(w.shape), self.transposed)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return StraightThrough.apply(w, self.quantized(w))
@@ -130,12 +130,4 @@ class NormalFloatQuant(nn.Module):
     def unpack(cls, state: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
         code, absmax = state["code"].float(), state["absmax"].float()
         q = nf_dequant(state["codes"], absmax, code, info["scheme"]["block_size"]).to(getattr(torch, info["dtype"]))
-        return _from_view(q, tuple(info["shape"]), info["transposed"])
-
-
-def _from_view(q: torch.Tensor, shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
-    """The weight (shape) from q (n,), the row-major values of its (rows = output units, cols) view."""
-    n = q.numel()
-    if not transposed:
-        return q.reshape(shape)
-    return q.reshape(n // shape[0], shape[0]).t().reshape(shape)
+        return from_2d(q, tuple(info["shape"]), info["transposed"])

@@ -112,3 +112,11 @@ def as_2d(w: torch.Tensor, transposed: bool) -> torch.Tensor:
     Embedding (vocab, dim) as is."""
     w2d = w.reshape(w.shape[0], -1)
     return w2d.t() if transposed else w2d
+
+
+def from_2d(q: torch.Tensor, shape: tuple[int, ...], transposed: bool) -> torch.Tensor:
+    """as_2d's inverse: the weight of `shape` from q, its (rows, cols) view or that view's row-major values in any
+    shape (a grouped (G, m) view, a flat vector)."""
+    lead = shape[0]  # Linear/Embedding: rows; Conv1D (stored transposed): cols of the view
+    q2d = q.reshape(-1, lead).t() if transposed else q.reshape(lead, -1)
+    return q2d.reshape(shape)

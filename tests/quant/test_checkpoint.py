@@ -33,6 +33,15 @@ def fake_quantized(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def assert_reloads_exactly(model, path, x: torch.Tensor) -> None:
+    """load_packed(path) holds exactly the fake-quantized weights and computes the same logits on input ids x."""
+    loaded = load_packed(path)
+    for name, w in fake_quantized(model).items():
+        assert torch.equal(loaded.state_dict()[name], w), name
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
+
+
 SCHEMES = [lambda b: KMeans(bits=b)] + [
     (lambda b, s=s, g=g: Linear(bits=b, symmetric=s, granularity=g, group_size=16))
     for s in (False, True)
@@ -70,12 +79,7 @@ def test_bert_round_trip_and_same_predictions(tmp_path, make):
     model = tiny_bert()
     quantize_model(model, make(3), ["*.embeddings.*", "*.encoder.*"], [])
     export_packed(model, tmp_path / "m.safetensors")
-    loaded = load_packed(tmp_path / "m.safetensors")
-    for name, w in fake_quantized(model).items():
-        assert torch.equal(loaded.state_dict()[name], w), name
-    x = torch.randint(0, 100, (2, 10))
-    with torch.no_grad():
-        assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
+    assert_reloads_exactly(model, tmp_path / "m.safetensors", torch.randint(0, 100, (2, 10)))
 
 
 def test_embed_bits_and_act_bits_survive_the_round_trip(tmp_path):
@@ -148,9 +152,4 @@ def test_bart_shared_embedding_stored_once(tmp_path):
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert sum("shared" in k or "embed_tokens" in k or "lm_head" in k for k in keys) == 2  # codes + centroids
-    loaded = load_packed(tmp_path / "m.safetensors")
-    for name, w in fake_quantized(model).items():
-        assert torch.equal(loaded.state_dict()[name], w), name
-    x = torch.randint(3, 100, (1, 8))
-    with torch.no_grad():
-        assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
+    assert_reloads_exactly(model, tmp_path / "m.safetensors", torch.randint(3, 100, (1, 8)))
