@@ -83,8 +83,8 @@ def drop(d: dict, path: str) -> None:
 def unused(d: dict, full_precision: bool) -> list[str]:
     """Keys of resolved config d that cannot change this cell's result: the bits of a full-precision cell, the
     distillation settings when distillation is off (kd_weight = tcd_weight = 0), a scheme seed equal to the run's,
-    W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default), k-means' granularity at `tensor`
-    and its group_size unless granularity=group."""
+    W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default), k-means' granularity at `tensor`,
+    its group_size unless granularity=group, its weighting at `none` and calib_batches unless weighting=fisher."""
     out = ["bits", "embed_bits", "act_bits"] if full_precision else []
     distill = d.get("distill") or {}
     if not (distill.get("kd_weight") or distill.get("tcd_weight")):
@@ -97,6 +97,7 @@ def unused(d: dict, full_precision: bool) -> list[str]:
     if scheme.get("_target_") == "qbench.quant.kmeans.KMeans":  # added later: paper A's k-means ids stay as they were
         out += ["scheme.granularity"] if scheme.get("granularity", "tensor") == "tensor" else []
         out += ["scheme.group_size"] if scheme.get("granularity", "tensor") != "group" else []  # read by group only
+        out += ["scheme.weighting", "scheme.calib_batches"] if scheme.get("weighting", "none") == "none" else []
     qat = (d.get("train") or {}).get("qat") or {}  # QAT-stage overrides: null = the train.* value, as without it
     nulls = [f"train.qat.{k}" for k, v in qat.items() if v is None]
     return out + (["train.qat"] if qat and len(nulls) == len(qat) else nulls)

@@ -111,6 +111,28 @@ def test_squared_gradients_pick_the_codebook_groups(tmp_path, data_dir):
         assert torch.equal(exported[name][~high], weight[~high].mean().expand(int((~high).sum())))
 
 
+def test_fisher_weighted_kmeans_from_the_config(tmp_path, data_dir):
+    # scheme=kmeans scheme.weighting=fisher: calibrated (2 batches) before clustering, and the codebooks differ from
+    # plain k-means' on the same pre-trained weights
+    def quantized(*overrides):
+        with initialize_config_module("qbench.conf", version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny_bert", "task=sst2", "train=debug", f"data_dir={data_dir}",
+                                               f"cache_dir={tmp_path / 'cache'}", "scheme=kmeans", "bits=2",
+                                               "train.order=zeroshot", "export=true", *overrides])  # fmt: skip
+        c = parse(cfg)
+        return c, run(c, tmp_path / "-".join(["run", *overrides]))
+
+    c, r = quantized("scheme.weighting=fisher", "scheme.calib_batches=2")
+    assert c.calibration == Calibration(("grad_sq",), 2)
+    assert r["status"] == "completed" and "calibrate" in r["timings"] and r["scheme"]["weighting"] == "fisher"
+    _, plain = quantized()
+    assert "calibrate" not in plain["timings"] and "weighting" not in plain["scheme"]
+    fisher_sqnr = [t["sqnr_db"] for t in r["scheme"]["layers"]]
+    plain_sqnr = [t["sqnr_db"] for t in plain["scheme"]["layers"]]
+    assert fisher_sqnr != plain_sqnr  # (unweighted k-means minimises the plain error: its SQNR is the higher)
+    assert sum(plain_sqnr) > sum(fisher_sqnr)
+
+
 def test_a_data_free_scheme_is_not_calibrated(tmp_path, data_dir):
     r = run(cell(tmp_path, data_dir, Linear(bits=2), "train.order=zeroshot"), tmp_path / "run")
     assert r["status"] == "completed" and "calibrate" not in r["timings"]

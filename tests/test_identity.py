@@ -112,8 +112,9 @@ def test_data_are_identified_by_content_not_path(tmp_path):
 
 
 def test_kmeans_granularity_keeps_paper_a_ids():
-    """granularity/group_size came later: paper A's k-means (granularity=tensor) hashes exactly as before them (the
-    id below was computed with the code before them, on the shared data mirror); row and group are new cells."""
+    """granularity/group_size and weighting/calib_batches came later: paper A's k-means (granularity=tensor,
+    weighting=none) hashes exactly as before them (the id below was computed with the code before them, on the shared
+    data mirror); row, group and fisher are new cells."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(composed("model=minilm", "task=sst2", "scheme=kmeans", "bits=2", "train=cpu"))
@@ -122,3 +123,7 @@ def test_kmeans_granularity_keeps_paper_a_ids():
     row, group = ids("scheme=kmeans", "scheme.granularity=row"), ids("scheme=kmeans", "scheme.granularity=group")
     assert len({row[0], group[0], ids("scheme=kmeans")[0]}) == 3
     assert ids("scheme=kmeans", "scheme.granularity=group", "scheme.group_size=64")[0] != group[0]
+    assert ids("scheme=kmeans", "scheme.calib_batches=4") == ids("scheme=kmeans")  # read by weighting=fisher only
+    fisher = ids("scheme=kmeans", "scheme.weighting=fisher")
+    assert fisher[0] != ids("scheme=kmeans")[0]
+    assert ids("scheme=kmeans", "scheme.weighting=fisher", "scheme.calib_batches=4")[0] != fisher[0]

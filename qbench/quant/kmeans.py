@@ -5,8 +5,11 @@ One codebook of 2^bits centroids per tensor (granularity=tensor, paper A), per o
 clustering; during fine-tuning each centroid moves by the sum of its members' gradients.
 
 Per-tensor codebooks use kmeans_1d (Lloyd with split-merge moves). Per-row and per-group codebooks cluster all
-rows (groups) of a matrix in one batched call, kmeans_1d_rows: plain Lloyd from the same init, row g equal to
-kmeans_1d(row g, improve=False, accelerate=False).
+rows (groups) of a matrix in one batched call, kmeans_1d_rows.
+
+weighting=fisher (SqueezeLLM): each weight's squared error counts in proportion to its diagonal Fisher estimate,
+the squared gradient of the task loss averaged over `calib_batches` training batches (qbench.calibrate), so the
+centroids sit where the loss is most sensitive. Weights with zero Fisher still get the nearest centroid.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from torch import nn
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
 from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
-from qbench.quant.schemes import Scheme, as_2d, from_2d
+from qbench.quant.schemes import Calibration, Scheme, as_2d, from_2d
 
 BACKENDS = ("qbench", "sklearn")
+WEIGHTINGS = ("none", "fisher")  # sample weights of the clustering: none (paper A) | diagonal Fisher
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class KMeans(Scheme):
     seed: int = 0  # RNG seed of init=kmeans++; conf/scheme/kmeans.yaml sets it to the run's `seed`
     granularity: str = "tensor"  # tensor (paper A) | row (per output unit) | group (group_size weights of a row)
     group_size: int = 128
+    weighting: str = "none"  # none | fisher (SqueezeLLM: squared task-loss gradients as sample weights)
+    calib_batches: int = 16  # weighting=fisher: training batches the Fisher estimate averages over
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,41 +56,69 @@ class KMeans(Scheme):
         if self.granularity != "tensor" and self.backend != "qbench":
             raise QbenchError(f"scheme.backend={self.backend} clusters per tensor only; use backend=qbench with "
                               f"granularity={self.granularity}")  # fmt: skip
+        if self.weighting not in WEIGHTINGS:
+            raise QbenchError(f"scheme.weighting={self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        if self.weighting == "fisher" and self.backend != "qbench":
+            raise QbenchError("scheme.weighting=fisher needs backend=qbench (sklearn is the unweighted reference)")
+        if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
+            raise QbenchError(f"scheme.calib_batches must be an integer >= 1, got {self.calib_batches!r}")
+
+    def calibration(self) -> Calibration | None:
+        """weighting=fisher: the squared gradients of the task loss over `calib_batches` batches."""
+        return Calibration(("grad_sq",), self.calib_batches) if self.weighting == "fisher" else None
 
     def describe(self) -> dict:
         """As before granularity existed when it is `tensor` (records of paper A's k-means keep their scheme
-        section); group_size only with granularity=group."""
+        section); group_size only with granularity=group; weighting and calib_batches only with weighting=fisher."""
         d = super().describe()
         if self.granularity == "tensor":
             del d["granularity"]
         if self.granularity != "group":
             del d["group_size"]
+        if self.weighting == "none":
+            del d["weighting"], d["calib_batches"]
         return d
 
-    def cluster(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(centroids (k,), labels like weight) for this tensor."""
+    def cluster(self, weight: torch.Tensor, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centroids (k,), labels like weight) for this tensor; `fisher` (like weight): sample weights."""
         k = 2**self.bits
         if self.backend == "sklearn":
             res = kmeans_sklearn(weight, k, self.init, self.max_iter, seed=self.seed)
         else:
-            res = kmeans_1d(weight, k, self.init, self.max_iter, seed=self.seed)
+            res = kmeans_1d(weight, k, self.init, self.max_iter, weights=fisher, seed=self.seed)
         return res.centroids, res.labels.reshape(weight.shape)
 
-    def cluster_rows(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(centroids (G, k), labels (G, m)) of the rows of g (G, m), one codebook each, in one batched call."""
-        res = kmeans_1d_rows(g, 2**self.bits, self.init, self.max_iter, seed=self.seed)
+    def cluster_rows(self, g: torch.Tensor, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centroids (G, k), labels (G, m)) of the rows of g (G, m), one codebook each, in one batched call;
+        `fisher` (G, m): sample weights (a row whose weights are all zero is clustered unweighted)."""
+        res = kmeans_1d_rows(g, 2**self.bits, self.init, self.max_iter, seed=self.seed, weights=fisher)
         return res.centroids, res.labels
 
     def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:
+        fisher = self._fisher(weight, name, stats)
         if self.granularity == "tensor":
-            centroids, labels = self.cluster(weight)
+            centroids, labels = self.cluster(weight, fisher)
             return Codebook(centroids.to(weight.dtype), labels)
         w2d = as_2d(weight, transposed)
         if self.granularity == "group" and w2d.shape[1] % self.group_size:
             raise QbenchError(f"scheme.group_size={self.group_size} does not divide a row of length {w2d.shape[1]}"
                               f" ({name or 'a weight'}); choose a divisor or granularity=row")  # fmt: skip
-        centroids, labels = self.cluster_rows(P.grouped(w2d, self.granularity, self.group_size))
+        group = lambda t: P.grouped(as_2d(t, transposed), self.granularity, self.group_size)  # (G, m)
+        centroids, labels = self.cluster_rows(group(weight), None if fisher is None else group(fisher))
         return GroupedCodebook(centroids.to(weight.dtype), labels, tuple(weight.shape), transposed)
+
+    def _fisher(self, weight: torch.Tensor, name: str, stats) -> torch.Tensor | None:
+        """The sample weights of this tensor: its calibration grad_sq with weighting=fisher, else None."""
+        if self.weighting == "none":
+            return None
+        if not stats or "grad_sq" not in stats:
+            raise QbenchError(f"scheme.weighting=fisher: no grad_sq statistics for {name or 'a weight'} (the "
+                              "calibration stage measures them before quantizing; see qbench.calibrate)")  # fmt: skip
+        g = stats["grad_sq"].detach().to("cpu", torch.float64)
+        if g.shape != weight.shape or not torch.isfinite(g).all() or (g < 0).any():
+            raise QbenchError(f"grad_sq of {name or 'a weight'}: expected finite, non-negative, shape "
+                              f"{tuple(weight.shape)}")  # fmt: skip
+        return g
 
 
 class _Gather(torch.autograd.Function):
