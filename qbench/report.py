@@ -165,11 +165,13 @@ def split_labels(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, list[str
 
 
 def scheme_label(r: dict) -> str:
-    """'mds', 'linear/row' (granularity other than per tensor), or with distillation and non-default W-E-A bits
-    'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
+    """'mds', 'linear/row' (granularity other than per tensor), 'kmeans/row/fisher' (Fisher-weighted), or with
+    distillation and non-default W-E-A bits 'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
     s, label = r["scheme"], r["scheme"]["name"]
     if s.get("granularity") not in (None, "tensor"):  # 'linear/row': per output unit, 'linear/group'
         label += f"/{s['granularity']}"
+    if s.get("weighting") not in (None, "none"):  # k-means' sample weights: 'kmeans/row/fisher'
+        label += f"/{s['weighting']}"
     if (r.get("distill") or {}).get("name", "none") != "none":
         label += f"+{r['distill']['name']}"
     if s.get("wea") and s.get("wea") != f"{s.get('bits')}-{s.get('bits')}-32":
@@ -238,12 +240,21 @@ def add_reference(table: pd.DataFrame, mean: pd.DataFrame, ref_path: Path, rows:
     return table
 
 
+VALUES = ("metric", "effective_bits")  # what a table's cells show
+
+
 def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: int, reference: str | None,
-          conditions: list[str] = ()) -> str:  # fmt: skip
+          conditions: list[str] = (), value: str = "metric") -> str:  # fmt: skip
     """The formatted table (markdown, latex or csv) of the records under paths that match every FIELD=VALUE of
-    `conditions`. Says on stderr when it split a cell because its records are of different configurations."""
+    `conditions`: each task's main metric, or (value=effective_bits) the bits per quantized weight, codebooks and
+    scales included, in the same layout. Says on stderr when it split a cell because its records are of different
+    configurations."""
     df = where(load_records(paths), list(conditions))
+    if value == "effective_bits":  # (FP: 32) the same pivot over another column; `metric` names it for the rows
+        df = df.assign(value=df["effective_bits"], metric="effective_bits")
     mean, std, n = pivot(df, rows, cols)
+    if value == "effective_bits":  # set by the configuration, not by the seed: no spread to show
+        std = std.where(std > 0)
     if mean.attrs["split"]:
         names = ", ".join(ALIAS.get(f, f) for f in mean.attrs["split"])
         print(f"note: records of different configurations are in separate columns, labelled by {names}; pick with "
@@ -344,10 +355,12 @@ def table_command(argv: list[str]) -> None:
                    help="keep only records with this value (repeatable), e.g. order=ptq or train.lr=1e-4")  # fmt: skip
     p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p.add_argument("--digits", type=int, default=1)
+    p.add_argument("--value", choices=VALUES, default="metric",
+                   help="cells: the main metric (default) or effective_bits (codes + codebooks/scales per weight)")
     p.add_argument("--reference", help="YAML of published numbers (with sources): adds reference and delta columns")
     p.add_argument("--out", help="write here instead of printing")
     a = p.parse_args(argv)
-    text = table(a.paths, a.rows.split(","), a.cols.split(","), a.format, a.digits, a.reference, a.where)
+    text = table(a.paths, a.rows.split(","), a.cols.split(","), a.format, a.digits, a.reference, a.where, a.value)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")

@@ -161,3 +161,21 @@ def test_the_fp_fine_tune_is_shown_next_to_every_order(tmp_path, capsys):
     ]
     main(["table", str(tmp_path), "--where", "order=ptq"])
     assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 70.0     |"
+
+
+def test_effective_bits_table_has_the_metric_table_layout(tmp_path, capsys):
+    write_records(tmp_path)
+    main(["table", str(tmp_path), "--value", "effective_bits", "--digits", "2", "--where", "task=rte"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["task", "metric", "FP", "kmeans 2b", "kmeans 8b",
+                                                               "linear 2b"]  # fmt: skip
+    # (two seeds of FP and of linear 2b: equal bits, no spread shown)
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["rte", "effective_bits", "32.00", "2.00", "8.00", "2.50"]
+
+
+def test_fisher_weighted_kmeans_has_its_own_label():
+    from qbench.report import scheme_label
+
+    r = {"scheme": {"name": "kmeans", "bits": 2, "granularity": "row", "weighting": "fisher", "wea": "2-2-32"}}
+    assert scheme_label(r) == "kmeans/row/fisher"
+    assert scheme_label({"scheme": {"name": "kmeans", "bits": 2, "wea": "2-2-32"}}) == "kmeans"

@@ -86,3 +86,63 @@ def test_bad_granularity_options_rejected():
         KMeans(bits=2, granularity="row", backend="sklearn")
     with pytest.raises(QbenchError, match="divide"):
         KMeans(bits=2, granularity="group", group_size=5).parametrization(torch.randn(2, 8), transposed=False)
+
+
+# --- weighting=fisher: the calibration's squared gradients as the clustering's sample weights ---
+
+
+def fisher(w: torch.Tensor, g: torch.Tensor, **kw):
+    """KMeans(weighting=fisher) parametrization of w with grad_sq g."""
+    return KMeans(weighting="fisher", **kw).parametrization(w, False, name="w", stats={"grad_sq": g})
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_fisher_weighting_hand_computed(granularity):
+    # values 0, 1, 2, 3 with Fisher 1, 1, 1, 100 at 1 bit: Lloyd from the linear init [0, 3] splits at 1.5 and stays
+    # there: centroids 0.5 and (2 + 3 * 100) / 101, pulled toward the sensitive weight (unweighted: 2.5)
+    w = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    p = fisher(w, torch.tensor([[1.0, 1.0, 1.0, 100.0]]), bits=1, granularity=granularity)
+    assert torch.allclose(p.centroids.detach().reshape(-1), torch.tensor([0.5, 302 / 101]))
+    plain = KMeans(bits=1, granularity=granularity).parametrization(w, False)
+    assert torch.allclose(plain.centroids.detach().reshape(-1), torch.tensor([0.5, 2.5]))
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "row", "group"])
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_uniform_fisher_equals_plain_kmeans(granularity, bits):
+    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(bits))
+    kw = {"bits": bits, "granularity": granularity, "group_size": 16}
+    got = fisher(w, torch.full_like(w, 0.37), **kw)
+    want = KMeans(**kw).parametrization(w, False)
+    assert torch.equal(got(w), want(w)) and torch.equal(got.centroids, want.centroids)
+
+
+def test_fisher_moves_error_to_insensitive_weights():
+    # half the weights 100x more sensitive: their weighted share of the error falls below plain k-means'
+    w = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    g = torch.where(torch.arange(4096) % 2 == 0, 100.0, 1.0)
+    err = lambda p: (g * (p(w) - w) ** 2).sum()  # Fisher-weighted SSE
+    assert err(fisher(w, g, bits=2)) < err(KMeans(bits=2).parametrization(w, False))
+
+
+def test_fisher_asks_for_calibration_and_describes_itself():
+    assert KMeans(bits=2).calibration() is None
+    c = KMeans(bits=2, weighting="fisher", calib_batches=4).calibration()
+    assert c.stats == ("grad_sq",) and c.batches == 4
+    d = KMeans(bits=2, weighting="fisher").describe()
+    assert d["weighting"] == "fisher" and d["calib_batches"] == 16
+    assert "weighting" not in KMeans(bits=2).describe()  # paper A's scheme section as before
+
+
+@pytest.mark.parametrize(
+    "kw", [{"weighting": "hessian"}, {"weighting": "fisher", "backend": "sklearn"}, {"calib_batches": 0}]
+)
+def test_bad_fisher_options_rejected(kw):
+    with pytest.raises(QbenchError):
+        KMeans(bits=2, **kw)
+
+
+@pytest.mark.parametrize("stats", [None, {}, {"grad_sq": -torch.ones(2, 4)}, {"grad_sq": torch.ones(4, 2)}])
+def test_fisher_without_valid_statistics_fails_clearly(stats):
+    with pytest.raises(QbenchError, match="grad_sq"):
+        KMeans(bits=1, weighting="fisher").parametrization(torch.randn(2, 4), False, name="w", stats=stats)
