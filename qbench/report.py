@@ -355,8 +355,12 @@ def table_command(argv: list[str]) -> None:
                    help="keep only records with this value (repeatable), e.g. order=ptq or train.lr=1e-4")  # fmt: skip
     p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
     p.add_argument("--digits", type=int, default=1)
-    p.add_argument("--value", choices=VALUES, default="metric",
-                   help="cells: the main metric (default) or effective_bits (codes + codebooks/scales per weight)")
+    p.add_argument(
+        "--value",
+        choices=VALUES,
+        default="metric",
+        help="cells: the main metric (default) or effective_bits (codes + codebooks/scales per weight)",
+    )
     p.add_argument("--reference", help="YAML of published numbers (with sources): adds reference and delta columns")
     p.add_argument("--out", help="write here instead of printing")
     a = p.parse_args(argv)
