@@ -325,6 +325,10 @@ def kmeans_1d(
     """K-means of the values of x (any shape, flattened) with k clusters: Lloyd's iterations plus, unless
     improve=False, empty-cluster relocation and split-merge moves (module docstring).
 
+    weights: optional non-negative sample weights like x (weighted SSE, weighted means). Weights that are all
+    equal are ignored (the same clustering, computed as unweighted; the SSE is scaled by the weight), and so are
+    weights that are all zero (no weighted solution exists; the SSE is then 0).
+
     Stops when no boundary moves and no move helps, or after max_iter iterations. The SSE never rises.
     Deterministic for a given seed. With improve=False it is plain Lloyd (empty clusters keep their centroid).
     """
@@ -335,6 +339,16 @@ def kmeans_1d(
     if flat.size == 0:
         raise ValueError("kmeans_1d of an empty tensor")
     order = None
+    scale = 1.0  # sse factor: constant weights are clustered as no weights
+    if weights is not None:
+        wf = weights.detach().reshape(-1)
+        if wf.numel() != flat.size:
+            raise ValueError(f"kmeans_1d: {wf.numel()} weights for {flat.size} values")
+        w0 = float(wf[0])
+        if not (torch.isfinite(wf).all() and (wf >= 0).all()):
+            raise ValueError("kmeans_1d: weights must be finite and non-negative")
+        if bool((wf == w0).all()):  # all equal, all zero included (no weighted solution: clustered unweighted)
+            weights, scale = None, w0
     if weights is None:
         xs, w = np.sort(flat), None  # values only: NumPy's SIMD sort, many times faster than torch.sort
     else:
@@ -362,7 +376,7 @@ def kmeans_1d(
         if runs.sse(c2, b2) < runs.sse(c, b):
             c, b = c2, b2
         it += it2
-    sse = max(runs.sse(c, b), 0.0)
+    sse = max(runs.sse(c, b), 0.0) * scale
     if order is None:  # no permutation: label each value by the k-1 midpoints
         labels = _labels(flat, xs, _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype))
     else:
@@ -527,24 +541,63 @@ def _ceil_f32(v: torch.Tensor) -> torch.Tensor:
     return torch.where(r.double() < v, torch.nextafter(r, torch.tensor(math.inf)), r)
 
 
-def kmeans_1d_rows(x: torch.Tensor, k: int, init: str = "linear", max_iter: int = 100, seed: int = 0) -> KMeansResult:
-    """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total.
+def _row_weights(weights: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weights (G, m) float64, validated; the weights the clustering uses, or None for none).
 
-    Row g's result equals kmeans_1d(x[g], k, init, max_iter, improve=False, accelerate=False) (bit for bit on float32
-    data: same float64 prefix sums, same float32 midpoint searches, same stopping rule per row), but one torch sort
-    of the whole matrix and batched searches replace G Python calls. Each row is sorted once; a Lloyd step is a
-    batched search of the (G, k-1) midpoints in the sorted rows plus prefix-sum differences; rows that reach a fixed
-    point leave the loop. Empty clusters keep their centroid (plain Lloyd: no split-merge moves)."""
+    Rows whose weights are all equal (all zero included) are clustered with weight 1, and with no weights at all
+    when every row is so: a positive constant weight does not change a weighted k-means, and weight 1.0 makes the
+    weighted arithmetic bit for bit the unweighted one; an all-zero row has no weighted solution and is clustered
+    unweighted (no 0/0 means, no NaN)."""
+    w = weights.detach()
+    if tuple(w.shape) != shape:
+        raise ValueError(f"weights have shape {tuple(w.shape)}, expected {shape}")
+    w = w.double().cpu()
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    const = (w == w[:, :1]).all(1)
+    return w, (None if const.all() else torch.where(const[:, None], torch.ones_like(w), w))
+
+
+def kmeans_1d_rows(
+    x: torch.Tensor,
+    k: int,
+    init: str = "linear",
+    max_iter: int = 100,
+    seed: int = 0,
+    weights: torch.Tensor | None = None,
+) -> KMeansResult:
+    """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total
+    (weighted when weights are given).
+
+    Row g's result equals kmeans_1d(x[g], k, init, max_iter, weights=weights[g], improve=False, accelerate=False)
+    (bit for bit on float32 data: same float64 prefix sums, same float32 midpoint searches, same stopping rule per
+    row), but one torch sort of the whole matrix and batched searches replace G Python calls. Each row is sorted once;
+    a Lloyd step is a batched search of the (G, k-1) midpoints in the sorted rows plus prefix-sum differences; rows
+    that reach a fixed point leave the loop. Empty clusters keep their centroid (plain Lloyd: no split-merge moves).
+
+    weights: optional non-negative sample weights (G, m) (e.g. SqueezeLLM's Fisher information): each row minimises
+    sum(w (x - c)^2) and centroids are weighted means; a cluster whose members all have weight 0 keeps its centroid.
+    A row whose weights are all equal is clustered exactly as without weights (as kmeans_1d does), and so is a row
+    whose weights are all zero (documented fallback: no weighted solution exists)."""
     x = x.detach()
     if x.dim() != 2 or x.numel() == 0:
         raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
     x = x.float().cpu().contiguous()  # float32 data, as kmeans_1d's float32 path (half types are exact in float32)
     if not torch.isfinite(x).all():
         raise ValueError("kmeans_1d_rows: input has NaN or infinite values")
+    w_sse, w = _row_weights(weights, tuple(x.shape)) if weights is not None else (None, None)
     g_all, m = x.shape
-    xs = torch.sort(x, dim=1).values  # (G, m)
     zero = torch.zeros(g_all, 1, dtype=torch.float64)
-    s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
+    if w is None:
+        xs = torch.sort(x, dim=1).values  # (G, m)
+        s0 = None  # run weight = run length
+        s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
+    else:
+        xs, order = torch.sort(x, dim=1, stable=True)  # the stable order of kmeans_1d's weighted path
+        ws = w.gather(1, order)
+        s0 = torch.cat([zero, torch.cumsum(ws, 1)], 1)
+        s1 = torch.cat([zero, torch.cumsum(ws * xs.double(), 1)], 1)
+        del ws, order
     c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
 
     def bounds(rows: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
@@ -555,11 +608,15 @@ def kmeans_1d_rows(x: torch.Tensor, k: int, init: str = "linear", max_iter: int 
         return torch.cat([inner.new_zeros(a, 1), inner, inner.new_full((a, 1), m)], 1)
 
     def means(rows: torch.Tensor, b: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
-        """Each run's mean (A, k); empty runs keep their centroid."""
-        cnt = (b[:, 1:] - b[:, :-1]).double()
+        """Each run's (weighted) mean (A, k); runs of zero weight (empty ones included) keep their centroid."""
+        if s0 is None:
+            cnt = (b[:, 1:] - b[:, :-1]).double()
+        else:
+            s = s0[rows]
+            cnt = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
         s = s1[rows]
         tot = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
-        return torch.where(cnt > 0, tot / cnt.clamp_min(1), cen)
+        return torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
 
     active = torch.arange(g_all)
     b_act = bounds(active, c)
@@ -578,5 +635,6 @@ def kmeans_1d_rows(x: torch.Tensor, k: int, init: str = "linear", max_iter: int 
     c32 = c.float()
     mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
     labels = torch.searchsorted(mids, x, right=True)  # (G, m): number of midpoints <= each value
-    sse = float(((x.double() - c.gather(1, labels)) ** 2).sum())
+    err = (x.double() - c.gather(1, labels)) ** 2
+    sse = float(err.sum() if w_sse is None else (w_sse * err).sum())  # with the caller's weights
     return KMeansResult(c32, labels, sse, max_iter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,75 @@ def test_rows_linspace_init_matches_torch_linspace():
     for k in (1, 2, 3, 16, 255, 256):
         got = _linspace_rows(lo, hi, k)
         assert all(torch.equal(got[i], torch.linspace(lo[i], hi[i], k, dtype=torch.float64)) for i in range(50)), k
+
+
+# --- weighted per-row k-means (SqueezeLLM's Fisher-weighted codebooks) ---
+
+
+def test_rows_weighted_tiny_hand_computed():
+    """x = 0..4 with weight 20 on 4: linear init [0, 4] -> {0,1} {2,3,4} (means 0.5, 85/22) -> {0,1,2} {3,4}
+    (means 1, 83/21), a fixed point; unweighted Lloyd stays at {0,1} {2,3,4}."""
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    x = torch.tensor([[3.0, 0.0, 4.0, 1.0, 2.0]])
+    w = torch.tensor([[1.0, 1.0, 20.0, 1.0, 1.0]])
+    r = kmeans_1d_rows(x, 2, weights=w)
+    assert r.centroids.tolist() == [[1.0, torch.tensor(83 / 21).float().item()]]
+    assert r.labels.tolist() == [[1, 0, 1, 0, 0]]
+    assert r.sse == pytest.approx(2 + 20 / 21, rel=1e-12)
+    assert kmeans_1d_rows(x, 2).labels.tolist() == [[1, 0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("value", [1.0, 2.5])
+def test_rows_uniform_weights_equal_unweighted(value):
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    x = torch.randn(12, 256, generator=torch.Generator().manual_seed(2)) ** 3
+    for k in (4, 16):
+        ref = kmeans_1d_rows(x, k)
+        r = kmeans_1d_rows(x, k, weights=torch.full_like(x, value))
+        assert torch.equal(r.labels, ref.labels) and torch.equal(r.centroids, ref.centroids)
+        assert r.sse == pytest.approx(value * ref.sse, rel=1e-9)
+
+
+@pytest.mark.parametrize("init", ["linear", "density"])
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_rows_weighted_equal_kmeans_1d_per_row(k, init):
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    g = torch.Generator().manual_seed(10 + k)
+    x = torch.randn(10, 300, generator=g) ** 3
+    x[4] = 1.5  # constant row
+    x[6, ::3] = 0.25  # ties: the stable sort order matters for zero-weight runs
+    w = torch.rand(10, 300, generator=g) ** 4  # Fisher-like: spread over orders of magnitude
+    w[2, 100:] = 0.0  # zero weights: runs of zero weight keep their centroid
+    w[5] = 3.0  # uniform row
+    w[7] = 0.0  # all-zero row: clustered unweighted
+    res = kmeans_1d_rows(x, k, init, max_iter=9, weights=w)
+    assert torch.isfinite(res.centroids).all()
+    sse = 0.0
+    for r in range(x.shape[0]):
+        ref = kmeans_1d(x[r], k, init, 9, weights=w[r], improve=False, accelerate=False)
+        assert torch.equal(res.centroids[r], ref.centroids) and torch.equal(res.labels[r], ref.labels), r
+        sse += ref.sse
+    assert res.sse == pytest.approx(sse, rel=1e-9, abs=1e-12)
+    direct = sum(_sse(x[r], res.centroids[r], res.labels[r], w[r]) for r in range(x.shape[0]))
+    assert res.sse == pytest.approx(direct, rel=1e-9)
+
+
+def test_rows_zero_weight_row_is_clustered_unweighted():
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    x = torch.randn(3, 500, generator=torch.Generator().manual_seed(4))
+    w = torch.rand(3, 500, generator=torch.Generator().manual_seed(5))
+    w[1] = 0.0
+    r = kmeans_1d_rows(x, 16, weights=w)
+    assert torch.isfinite(r.centroids).all() and np.isfinite(r.sse)
+    ref = kmeans_1d_rows(x[1:2], 16)
+    assert torch.equal(r.centroids[1], ref.centroids[0]) and torch.equal(r.labels[1], ref.labels[0])
+    r0 = kmeans_1d_rows(x[1:2], 16, weights=w[1:2])  # every row all zero: unweighted, weighted SSE 0
+    assert torch.equal(r0.labels, ref.labels) and r0.sse == 0.0
+    with pytest.raises(ValueError):
+        kmeans_1d_rows(x, 4, weights=-w)
+    with pytest.raises(ValueError):
+        kmeans_1d_rows(x, 4, weights=w[:, :10])
