@@ -210,9 +210,11 @@ def pivot(df: pd.DataFrame, rows: list[str], cols: list[str]) -> tuple[pd.DataFr
 
 
 def cell(mean: float, std: float, n: int, digits: int) -> str:
+    """'mean' or 'mean ± std'; a diverged perplexity (>= 1e6) in scientific notation, '1.5e+19', not 20 digits."""
     if pd.isna(mean):
         return "–"
-    return f"{mean:.{digits}f}" if n < 2 or pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    num = lambda v: f"{v:.1e}" if abs(v) >= 1e6 else f"{v:.{digits}f}"
+    return num(mean) if n < 2 or pd.isna(std) else f"{num(mean)} ± {num(std)}"
 
 
 def metrics_by_task(mean: pd.DataFrame) -> dict[str, str]:

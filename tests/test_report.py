@@ -179,3 +179,11 @@ def test_fisher_weighted_kmeans_has_its_own_label():
     r = {"scheme": {"name": "kmeans", "bits": 2, "granularity": "row", "weighting": "fisher", "wea": "2-2-32"}}
     assert scheme_label(r) == "kmeans/row/fisher"
     assert scheme_label({"scheme": {"name": "kmeans", "bits": 2, "wea": "2-2-32"}}) == "kmeans"
+
+
+def test_diverged_perplexities_print_in_scientific_notation():
+    from qbench.report import cell
+
+    assert cell(1.4727941598326428e19, float("nan"), 1, 1) == "1.5e+19"
+    assert cell(541430.77, float("nan"), 1, 1) == "541430.8"  # below 1e6: as every other value
+    assert cell(2.0e6, 1.0e6, 3, 1) == "2.0e+06 ± 1.0e+06"
