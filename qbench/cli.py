@@ -59,7 +59,7 @@ def fail(msg: str) -> None:
 
 def top_help() -> str:
     lines = ["usage: qbench <command> [key=value ...] [-m]", "", "commands:"]
-    lines += [f"  {c:8s} {d}" for c, d in COMMANDS.items()]
+    lines += [f"  {c:11s} {d}" for c, d in COMMANDS.items()]
     lines += ["", "config groups (group=option):"]
     lines += [f"  {g:10s} {', '.join(options(g))}" for g in GROUPS]
     lines += ["", "'qbench run --help' shows every key and its default. Examples:",
