@@ -161,3 +161,13 @@ def test_the_fp_fine_tune_is_shown_next_to_every_order(tmp_path, capsys):
     ]
     main(["table", str(tmp_path), "--where", "order=ptq"])
     assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 70.0     |"
+
+
+def test_per_tensor_bits_are_one_field_in_the_label(tmp_path, capsys):
+    """scheme.bits_by labels its column as one field, in its order (not one field per pattern)."""
+    mixed = record(0.83, 42)
+    mixed["config"]["scheme"]["bits_by"] = {"*.embeddings.*": 2, "*.layer.*": 4}
+    write(tmp_path, [record(0.80, 42), mixed])
+    main(["table", str(tmp_path)])
+    out = capsys.readouterr()
+    assert "mds 2b (scheme.bits_by=*.embeddings.*:2,*.layer.*:4)" in out.out and "labelled by scheme.bits_by" in out.err
