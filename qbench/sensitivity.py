@@ -128,6 +128,8 @@ def sensitivity_command(args: list[str]) -> None:
         return
     args = [a for a in args if not a.startswith("-")]  # always a multirun
     cfg = compose_cell(first_cell([a for a in args if key_of(a) not in ("bits", "scheme.only")])[0])
+    if scheme_name(cfg) == "none":
+        raise QbenchError("scheme=none quantizes nothing: pick the scheme whose sensitivity to measure")
     groups = model_groups(cfg.model)
     check_partition(cfg.model)
     study = (swept_values(args, "study") or [f"sensitivity_{cfg.model.name}_{cfg.task.name}_{scheme_name(cfg)}"])[-1]

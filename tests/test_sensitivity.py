@@ -94,3 +94,11 @@ def test_sensitivity_then_allocate_then_the_mixed_cell(tmp_path, data_dir):
         assert layer["bits"] == next(b for p, b in allocation.items() if fnmatch.fnmatchcase(layer["name"], p))
     code = sum(layer["bits"] * layer["numel"] for layer in r["scheme"]["layers"])
     assert code / r["scheme"]["quantized_params"] <= 3.0  # the budget, in code bits
+
+
+def test_user_errors_exit_2_before_any_cell(tmp_path):
+    p = qbench("sensitivity", "scheme=none", f"hydra.sweep.dir={tmp_path}")
+    assert p.returncode == 2 and "scheme=none quantizes nothing" in p.stderr
+    p = qbench("sensitivity", "model=bert", f"hydra.sweep.dir={tmp_path}")
+    assert p.returncode == 2 and "model=bert has no sensitivity groups" in p.stderr
+    assert not list(tmp_path.iterdir())
