@@ -1,4 +1,4 @@
-"""Command line: `qbench run|export|size|table|plot`, `qbench --help`.
+"""Command line: `qbench run|export|size|table|plot|sensitivity|allocate`, `qbench --help`.
 
 User errors (unknown names, bad values, missing data or weights) print one line and exit 2, with no record.
 A crash inside a run writes a 'failed' record; in a multirun the sweep goes on to the next cell.
@@ -29,6 +29,8 @@ COMMANDS = {
     "size": "bytes on disk and compression ratios of a model/scheme/bits, offline (qbench size model=gpt2)",
     "table": "paper-shaped tables (Markdown, LaTeX, CSV) from records (qbench table results/sweeps/STUDY)",
     "plot": "metric vs bits and vs effective bits, PNG and SVG, from records",
+    "sensitivity": "PTQ cells with one module group quantized at a time (qbench sensitivity --help)",
+    "allocate": "bits per module group from sensitivity records at an average-bits budget (scheme.bits_by)",
 }
 
 
@@ -57,7 +59,7 @@ def fail(msg: str) -> None:
 
 def top_help() -> str:
     lines = ["usage: qbench <command> [key=value ...] [-m]", "", "commands:"]
-    lines += [f"  {c:8s} {d}" for c, d in COMMANDS.items()]
+    lines += [f"  {c:11s} {d}" for c, d in COMMANDS.items()]
     lines += ["", "config groups (group=option):"]
     lines += [f"  {g:10s} {', '.join(options(g))}" for g in GROUPS]
     lines += ["", "'qbench run --help' shows every key and its default. Examples:",
@@ -307,6 +309,10 @@ def main(argv: list[str] | None = None) -> None:
         from qbench import report
 
         handlers[cmd] = getattr(report, f"{cmd}_command")
+    if cmd in ("sensitivity", "allocate"):  # mixed precision from sensitivity (qbench.sensitivity, qbench.allocate)
+        from qbench import allocate, sensitivity
+
+        handlers[cmd] = getattr(sensitivity if cmd == "sensitivity" else allocate, f"{cmd}_command")
     if cmd not in handlers:
         fail(f"unknown command {cmd!r}; valid: {', '.join(COMMANDS)}")
     try:

@@ -125,6 +125,9 @@ class ModelSchema:
     include: list[str] = key()
     exclude: list[str] = key(factory=list)
     note: str | None = key(None)
+    # sensitivity groups, {name: fnmatch patterns}, "{i}" = each layer: read by `qbench sensitivity` only
+    groups: dict[str, list[str]] = key(factory=dict, valid="{group name: a non-empty list of fnmatch patterns}",
+                                       check=lambda v: all(v.values()))  # fmt: skip
 
 
 @dataclass

@@ -88,6 +88,9 @@ def configuration(r: dict) -> dict:
         drops.append("train.order")  # qat, ptq, ft_then_qat: the same FP fine-tune
     for path in drops:
         drop(d, path)
+    scheme = d.get("scheme") or {}
+    if scheme.get("bits_by"):  # one field in its own order (the first match wins), not one field per pattern
+        scheme["bits_by"] = ",".join(f"{p}:{b}" for p, b in scheme["bits_by"].items())
     return {**{k: v for k, v in flatten(d).items() if v is not None}, "data": data_source(c)}
 
 

@@ -80,7 +80,8 @@ def paper_b_bits(
     everything else (position embeddings, biases, LayerNorm, buffers) at 32 bits; ratio = fp32 bits / that.
     `quantized`: names actually quantized (default: the parametrized weights); the b-bit tensors of the
     convention that this model keeps in full precision are listed under `fp_here`. `embed_bits`: the word
-    embedding's bits when they differ (paper B's W-E-A notation)."""
+    embedding's bits when they differ (paper B's W-E-A notation). A quantized tensor counts at its quantizer's own
+    bits (the same as these unless scheme.bits_by set them per tensor)."""
     c = collect(model)
     quantized = set(quantized) if quantized is not None else {q.name for q in c.quantized}
     quantized |= {t for q in c.quantized if q.name in quantized for t in q.tied}
@@ -89,8 +90,11 @@ def paper_b_bits(
     for mod_name, module in model.named_modules(remove_duplicate=False):
         if not (isinstance(module, nn.Linear | Conv1D) or module is emb):
             continue
-        w = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
-        b_bit.setdefault(id(w), (f"{mod_name}.weight", w.numel(), (embed_bits or bits) if module is emb else bits))
+        quantized_here = parametrize.is_parametrized(module, "weight")
+        w = module.parametrizations.weight.original if quantized_here else module.weight
+        b = (embed_bits or bits) if module is emb else bits
+        b = module.parametrizations.weight[0].bits if quantized_here else b  # its own bits (scheme.bits_by)
+        b_bit.setdefault(id(w), (f"{mod_name}.weight", w.numel(), b))
     total = sum(_numel(s) for _, s in _fp32_entries(model).values())
     n_b = sum(n for _, n, _ in b_bit.values())
     paper = sum(b * n for _, n, b in b_bit.values()) + 32 * (total - n_b)

@@ -39,6 +39,7 @@ EXCLUDED = {
     "data_dir": "a path on this machine: local data are identified by content instead (data_identity)",
     "task.data_dir": "likewise (it stays in the id as null, as in older ids)",
     "train.report_to": "where the training curves are logged as well (TensorBoard)",
+    "model.groups": "the sensitivity groups, read by `qbench sensitivity` only (its cells set scheme.only)",
 }
 # in the cell id (ids of older configs stay the same) but without any effect on results: the FP cache key and
 # tables ignore them
@@ -84,7 +85,8 @@ def unused(d: dict, full_precision: bool) -> list[str]:
     """Keys of resolved config d that cannot change this cell's result: the bits of a full-precision cell, the
     distillation settings when distillation is off (kd_weight = tcd_weight = 0), a scheme seed equal to the run's,
     W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default), k-means' granularity at `tensor`,
-    its group_size unless granularity=group, its weighting at `none` and calib_batches unless weighting=fisher."""
+    its group_size unless granularity=group, its weighting at `none` and calib_batches unless weighting=fisher, and
+    per-tensor bits (scheme.bits_by) or a sensitivity group (scheme.only) not set."""
     out = ["bits", "embed_bits", "act_bits"] if full_precision else []
     distill = d.get("distill") or {}
     if not (distill.get("kd_weight") or distill.get("tcd_weight")):
@@ -98,6 +100,7 @@ def unused(d: dict, full_precision: bool) -> list[str]:
         out += ["scheme.granularity"] if scheme.get("granularity", "tensor") == "tensor" else []
         out += ["scheme.group_size"] if scheme.get("granularity", "tensor") != "group" else []  # read by group only
         out += ["scheme.weighting", "scheme.calib_batches"] if scheme.get("weighting", "none") == "none" else []
+    out += [f"scheme.{k}" for k in ("bits_by", "only") if k in scheme and not scheme[k]]  # added later: as absent
     qat = (d.get("train") or {}).get("qat") or {}  # QAT-stage overrides: null = the train.* value, as without it
     nulls = [f"train.qat.{k}" for k, v in qat.items() if v is None]
     return out + (["train.qat"] if qat and len(nulls) == len(qat) else nulls)
@@ -116,6 +119,9 @@ def identity(cfg: DictConfig | dict) -> dict:
     d = task_overrides(resolved(cfg))  # a recipe's per-task settings: only this task's count
     for path in [*EXCLUDED, *unused(d, scheme_name(cfg) == "none")]:
         drop(d, path)
+    scheme = d.get("scheme") or {}
+    if scheme.get("bits_by"):  # the first matching pattern wins: its order is part of the result, which the hash of
+        scheme["bits_by"] = [[p, b] for p, b in scheme["bits_by"].items()]  # a dict (sorted keys) would lose
     if "data_dir" in cfg["task"]:  # null as in older ids: `data` below says what is read, from any folder
         d["task"]["data_dir"] = None
     data = data_identity(cfg)

@@ -21,6 +21,12 @@ METRICS = {
 }
 # computed by the generative kinds themselves (qbench.kinds.generative), not from (labels, predictions)
 KIND_METRICS = ("perplexity", "loss", "token_accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum")
+LOWER_IS_BETTER = ("perplexity", "loss")  # every other metric is higher-better
+
+
+def worse_by(metric_name: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference` on this metric (> 0: worse), whatever its direction."""
+    return value - reference if metric_name in LOWER_IS_BETTER else reference - value
 
 
 def metric(name: str, labels: np.ndarray, predictions: np.ndarray) -> float:

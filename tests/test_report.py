@@ -187,3 +187,13 @@ def test_diverged_perplexities_print_in_scientific_notation():
     assert cell(1.4727941598326428e19, float("nan"), 1, 1) == "1.5e+19"
     assert cell(541430.77, float("nan"), 1, 1) == "541430.8"  # below 1e6: as every other value
     assert cell(2.0e6, 1.0e6, 3, 1) == "2.0e+06 ± 1.0e+06"
+
+
+def test_per_tensor_bits_are_one_field_in_the_label(tmp_path, capsys):
+    """scheme.bits_by labels its column as one field, in its order (not one field per pattern)."""
+    mixed = record(0.83, 42)
+    mixed["config"]["scheme"]["bits_by"] = {"*.embeddings.*": 2, "*.layer.*": 4}
+    write(tmp_path, [record(0.80, 42), mixed])
+    main(["table", str(tmp_path)])
+    out = capsys.readouterr()
+    assert "mds 2b (scheme.bits_by=*.embeddings.*:2,*.layer.*:4)" in out.out and "labelled by scheme.bits_by" in out.err

@@ -9,7 +9,7 @@ import time
 from hydra import compose, initialize_config_module
 
 from qbench.sweep import cell_id
-from tests.conftest import REPO, qbench, qbench_cmd, qbench_env, read_record
+from tests.conftest import DATA, REPO, qbench, qbench_cmd, qbench_env, read_record
 
 DEBUG = ["train=debug", "train.max_eval_examples=32", "model=tiny_bert", "task=wnli"]
 
@@ -113,3 +113,20 @@ def test_a_cells_user_error_is_recorded_and_the_sweep_goes_on(tmp_path, data_dir
     assert records["rte"]["status"] == "completed"
     assert records["qqp"]["status"] == "failed" and "qqp/validation.parquet" in records["qqp"]["error"]
     assert records["qqp"]["cell_id"].startswith("tiny_bert-qqp-kmeans-b2-s42-")
+
+
+def test_per_tensor_bits_keep_old_ids_and_their_order_counts():
+    """scheme.bits_by and scheme.only came later: unset (or empty) they leave every id as it was; set, they make a new
+    cell, and since the first matching pattern wins, their order is part of it. model.groups (read by qbench
+    sensitivity only) is not in the id either."""
+    from omegaconf import OmegaConf
+
+    cpu = ["train=cpu", f"data_dir={DATA}"]
+    base, empty, groups = ids(cpu, [*cpu, "+scheme.bits_by={}"], [*cpu, "~model.groups"])
+    assert base == empty == groups == "minilm-sst2-kmeans-b2-s42-66e1c9df"  # as tests/test_identity.py pins it
+    ab, ba, only = ids(["+scheme.bits_by={*.layer.0.*:3,*.layer.*:4}"], ["+scheme.bits_by={*.layer.*:4,*.layer.0.*:3}"],
+                       ["+scheme.only=[*.layer.0.*]"])  # fmt: skip
+    assert len({base, ab, ba, only}) == 4
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["+scheme.bits_by={*.layer.0.*:3,*.layer.*:4}"])
+    assert list(OmegaConf.to_container(cfg.scheme.bits_by)) == ["*.layer.0.*", "*.layer.*"]

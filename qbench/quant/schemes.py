@@ -15,13 +15,20 @@ with its parameter name and `stats`, {statistic: tensor} of that tensor:
 A data-free scheme returns None from `calibration()` and receives stats=None. So a data-aware scheme is one file
 (the dataclass and its parametrization), one yaml in conf/scheme/ and one test.
 
+Per-tensor bits (mixed precision): `bits_by` maps fnmatch patterns on parameter names to bits; a weight takes the
+bits of the first pattern matching one of its names, else `embed_bits` (nn.Embedding weights), else `bits`
+(`for_tensor`). `only` (sensitivity cells, qbench.sensitivity): quantize only the selected weights matching one of
+these patterns. Both are quantization-stage keys, so such cells share the cached FP fine-tune (unlike
+model.include, which is part of the FP cache key).
+
 `latent_trained`: whether fine-tuning still trains the latent weight once it is quantized (STE schemes) or only
 the scheme's own parameters (k-means' codebook, False: the latent weight is frozen).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -50,25 +57,57 @@ class Calibration:
 @dataclass(frozen=True)
 class Scheme:
     """Base: `bits` per weight, 1–8; `embed_bits` for nn.Embedding weights (None = bits); `act_bits` for the
-    inputs of the quantized Linear/Conv1D layers (None = full precision; see qbench.quant.wiring)."""
+    inputs of the quantized Linear/Conv1D layers (None = full precision; see qbench.quant.wiring); `bits_by`
+    {pattern: bits}, first match wins over embed_bits and bits; `only`: quantize only weights matching these."""
 
     name: ClassVar[str] = "base"
     latent_trained: ClassVar[bool] = True  # False: fine-tuning trains only the scheme's parameters (k-means)
     bits: int
     embed_bits: int | None = None
     act_bits: int | None = None
+    bits_by: Mapping[str, int] | None = None  # {fnmatch pattern on parameter names: bits}; first match wins
+    only: Sequence[str] | None = None  # quantize only the selected weights matching one of these (None: all)
 
     def __post_init__(self) -> None:
         for key in ("bits", "embed_bits", "act_bits"):
             v = getattr(self, key)
             if key != "bits" and v is None:
                 continue
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
+            if not is_bits(v):
                 raise QbenchError(f"scheme={self.name}: {key} must be an integer in 1..8, got {v!r}")
+        # plain containers (Hydra passes DictConfig/ListConfig), kept in the order given: the first match wins
+        object.__setattr__(self, "bits_by", dict(self.bits_by or {}))
+        object.__setattr__(self, "only", list(self.only) if self.only is not None else None)
+        self._check_bits_by()
+        if self.only is not None and (not self.only or not all(isinstance(p, str) and p for p in self.only)):
+            raise QbenchError(f"scheme.only={self.only!r}; valid: a non-empty list of fnmatch patterns (strings)")
 
-    def for_embedding(self) -> Scheme:
-        """The scheme applied to nn.Embedding weights: this one with bits = embed_bits."""
-        return self if self.embed_bits in (None, self.bits) else replace(self, bits=self.embed_bits)
+    def _check_bits_by(self) -> None:
+        """Patterns are non-empty strings; each value is valid as this scheme's `bits` (a scheme's own limits too,
+        e.g. nf4's bits >= 2: checked by building the scheme at that many bits)."""
+        for pattern, bits in self.bits_by.items():
+            where = f"scheme.bits_by {pattern!r}: {bits!r}"
+            if not isinstance(pattern, str) or not pattern:
+                raise QbenchError(f"{where}: a pattern must be a non-empty string (fnmatch on parameter names)")
+            if not is_bits(bits):
+                raise QbenchError(f"{where}: bits must be an integer in 1..8")
+            try:
+                replace(self, bits=bits, embed_bits=None, bits_by=None, only=None)
+            except QbenchError as e:
+                raise QbenchError(f"{where}: {e}") from None
+
+    def for_tensor(self, name: str, module: nn.Module, aliases: Sequence[str] = ()) -> Scheme:
+        """The scheme applied to one weight: this one with the bits of the first `bits_by` pattern matching its
+        parameter name (or a tied alias, e.g. lm_head.weight), else embed_bits for nn.Embedding weights, else bits."""
+        names = (name, *aliases)
+        bits = next((b for p, b in self.bits_by.items() if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
+        if bits is None:
+            bits = self.embed_bits if isinstance(module, nn.Embedding) and self.embed_bits is not None else self.bits
+        return self if bits == self.bits else replace(self, bits=bits)
+
+    def quantizes(self, name: str, aliases: Sequence[str] = ()) -> bool:
+        """Whether a selected weight is quantized: always, unless `only` is set and none of its names matches."""
+        return self.only is None or any(fnmatch.fnmatchcase(n, p) for n in (name, *aliases) for p in self.only)
 
     @property
     def wea(self) -> str:
@@ -93,7 +132,9 @@ class Scheme:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return {"name": self.name, **asdict(self), "wea": self.wea}
+        """The record's scheme settings; bits_by and only appear when set (records of other cells stay as they were)."""
+        d = {k: v for k, v in asdict(self).items() if not (k in ("bits_by", "only") and not v)}
+        return {"name": self.name, **d, "wea": self.wea}
 
 
 @dataclass(frozen=True)
@@ -105,6 +146,10 @@ class NoQuant:
 
     def describe(self) -> dict:
         return {"name": self.name, "bits": None}
+
+
+def is_bits(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8
 
 
 def as_2d(w: torch.Tensor, transposed: bool) -> torch.Tensor:

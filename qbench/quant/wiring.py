@@ -36,7 +36,7 @@ class TensorReport:
     sqnr_db: float
     overhead_bits: int  # side tensors of the packed state (codebook, scales...), qbench.quant.packing.side_bits
     shared_with: list[str] = field(default_factory=list)  # other names of the same tensor
-    bits: int | None = None  # this tensor's bits (embed_bits for nn.Embedding weights); None = the scheme's
+    bits: int | None = None  # this tensor's bits (Scheme.for_tensor: bits_by, embed_bits); None = the scheme's
 
 
 @dataclass
@@ -113,13 +113,15 @@ def quantize_model(
     calibration statistics per tensor name (qbench.calibrate), when the scheme asked for them."""
     t0 = time.perf_counter()
     targets = select(model, list(include), list(exclude))
+    targets = {name: t for name, t in targets.items() if scheme.quantizes(name, t[1])}  # scheme.only, if set
     if not targets:
-        raise QbenchError(f"no weight matches include={list(include)} exclude={list(exclude)}")
+        only = f" scheme.only={scheme.only}" if scheme.only is not None else ""
+        raise QbenchError(f"no weight matches include={list(include)} exclude={list(exclude)}{only}")
     reports, diagnostics = [], []
     for name, (module, others) in targets.items():
         w = module.weight
         transposed = isinstance(module, Conv1D)
-        s = scheme.for_embedding() if isinstance(module, nn.Embedding) else scheme
+        s = scheme.for_tensor(name, module, others)  # its bits: bits_by, else embed_bits (embeddings), else bits
         p = s.parametrization(w.detach(), transposed, name=name, stats=(stats or {}).get(name))
         p = p.to(w.device)  # k-means codebooks are fitted on the CPU
         with torch.no_grad():

@@ -100,6 +100,24 @@ def test_embed_bits_and_act_bits_survive_the_round_trip(tmp_path):
     assert p["bits"] == 8 * n_emb + 3 * (p["b_bit_params"] - n_emb) + 32 * p["fp_params"]
 
 
+def test_per_tensor_bits_survive_the_round_trip(tmp_path):
+    """scheme.bits_by: each tensor is packed at its own bits, reloads exactly, and paper B's count uses them."""
+    model = tiny_bert()
+    bits_by = {"*.layer.0.*": 8, "*word_embeddings*": 2}
+    quantize_model(model, KMeans(bits=3, bits_by=bits_by), ["*.embeddings.*", "*.encoder.*"], [])
+    export_packed(model, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["qbench"])["quantized"]
+    assert info["bert.embeddings.word_embeddings.weight"]["bits"] == 2
+    assert info["bert.encoder.layer.0.attention.self.query.weight"]["bits"] == 8
+    assert info["bert.encoder.layer.1.attention.self.query.weight"]["bits"] == 3
+    assert_reloads_exactly(model, tmp_path / "m.safetensors", torch.randint(0, 100, (2, 10)))
+    p = paper_b_bits(model, 3)
+    layer0 = sum(m.weight.numel() for m in model.bert.encoder.layer[0].modules() if isinstance(m, torch.nn.Linear))
+    n_emb = 100 * 32
+    assert p["bits"] == 2 * n_emb + 8 * layer0 + 3 * (p["b_bit_params"] - n_emb - layer0) + 32 * p["fp_params"]
+
+
 @pytest.mark.parametrize("name", ["pact", "lsq", "mds", "laq"])
 def test_scaled_qat_schemes_round_trip(tmp_path, name):
     import importlib
