@@ -279,6 +279,9 @@ def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: 
     return out.to_markdown(index=False, disable_numparse=True)  # 82.0 stays 82.0
 
 
+LOG_SCALE = ("perplexity",)  # metrics plotted on a log axis
+
+
 def plot(paths: list[str], out: str) -> list[Path]:
     """Metric vs bits (one panel per task, a line per scheme and configuration, FP dashed) and metric vs effective
     bits; seeds of one configuration are averaged (error bars: their std)."""
@@ -306,6 +309,8 @@ def plot(paths: list[str], out: str) -> list[Path]:
             for label, fp in t[t["scheme"] == "none"].groupby("series"):
                 ax.axhline(fp["value"].mean(), color="gray", linestyle="--", label=FP + label[len("none") :])
             ax.set_title(f"{task} ({t['metric'].iloc[0]})")
+            if t["metric"].iloc[0] in LOG_SCALE:  # a diverged cell (1e20) would flatten every other line to 0
+                ax.set_yscale("log")
             ax.set_xlabel("bits" if x == "bits" else "effective bits / weight")
             ax.grid(alpha=0.3)
         legend = {}  # every line once, below the panels where it covers no point
