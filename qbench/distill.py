@@ -28,7 +28,7 @@ from torch import nn
 from transformers import Trainer
 
 from qbench.errors import QbenchError
-from qbench.teacher_cache import ROW, TeacherStates, build, entry_dir, inputs_digest, place, teacher_states
+from qbench.teacher_cache import META, ROW, TeacherStates, build, entry_dir, inputs_digest, place, teacher_states
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class DistillTrainer(Trainer):
         """The cache entry of the teacher on this training set: loaded, or built once (qbench.teacher_cache)."""
         ds = self._remove_unused_columns(self.train_dataset).remove_columns(ROW)  # the model's inputs
         path = entry_dir(self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names))
-        built, a = not (path / "meta.json").is_file(), self.args
+        built, a = not (path / META).is_file(), self.args
         states = teacher_states(path, lambda tmp: build(tmp, self.teacher, ds, self._collate, self.spec.layer,
                                                         a.per_device_eval_batch_size, a.device))  # fmt: skip
         log.info("teacher outputs %s the cache: %s", "written to" if built else "read from", path)
