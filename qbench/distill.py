@@ -10,14 +10,17 @@ loss = task_weight · task + kd_weight · kd + tcd_weight · tcd, where
   other tokens of the batch (`in_batch`) and a FIFO memory bank of past teacher tokens (`bank_size`) are the
   negatives; states of hidden layer `layer` (decoder states for encoder-decoder models), L2-normalised, the
   student's optionally through a trained linear `projection`.
-Each component is logged (loss_task, loss_kd, loss_tcd) and its mean over training goes to the record
-(training.qat.loss_components).
+The teacher's outputs are read from a per-example cache computed once (qbench.teacher_cache) unless
+`cache_teacher=false`. Each component is logged (loss_task, loss_kd, loss_tcd) and its mean over training goes to
+the record (training.qat.loss_components).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,9 @@ from torch import nn
 from transformers import Trainer
 
 from qbench.errors import QbenchError
+from qbench.teacher_cache import META, ROW, TeacherStates, build, entry_dir, inputs_digest, place, teacher_states
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class DistillSpec:
     in_batch: bool = True
     bank_size: int = 0
     projection: bool = False
+    cache_teacher: bool = True  # the teacher's outputs from qbench.teacher_cache (float16 states), not recomputed
 
     def __post_init__(self) -> None:
         for k in ("task_weight", "kd_weight", "tcd_weight", "bank_size"):
@@ -114,10 +121,22 @@ def hidden(out, layer: int) -> torch.Tensor:
 PROJECTION = "qbench_tcd_projection"  # the student's attribute holding TCD's projection during train()
 
 
-class DistillTrainer(Trainer):
-    """HF Trainer whose loss is task_weight·task + kd_weight·kd + tcd_weight·tcd against a frozen teacher."""
+def with_rows(collate):
+    """The collator, passing each example's ROW through as a (batch,) tensor."""
 
-    def __init__(self, *args, teacher: nn.Module, spec: DistillSpec, **kwargs):
+    def collate_rows(features: list[dict]) -> dict:
+        batch = collate([{k: v for k, v in f.items() if k != ROW} for f in features])
+        return {**batch, ROW: torch.tensor([f[ROW] for f in features])}
+
+    return collate_rows
+
+
+class DistillTrainer(Trainer):
+    """HF Trainer whose loss is task_weight·task + kd_weight·kd + tcd_weight·tcd against a frozen teacher.
+    `teacher_cache`: the teacher's FP cache entry, whose outputs are then cached per training example
+    (qbench.teacher_cache); None: the teacher runs on every batch."""
+
+    def __init__(self, *args, teacher: nn.Module, spec: DistillSpec, teacher_cache: Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let the Trainer scale it
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
@@ -125,6 +144,25 @@ class DistillTrainer(Trainer):
         self.proj = self._attach_projection() if spec.projection and spec.tcd_weight else None
         self._window, self._total = defaultdict(float), defaultdict(float)
         self._n_window = self._n_total = 0
+        self.cache_key, self.states, self._collate = teacher_cache, None, self.data_collator
+        if teacher_cache is not None:  # each example carries its row, the key into the cache
+            self.train_dataset = self.train_dataset.add_column(ROW, list(range(len(self.train_dataset))))
+            self.data_collator = with_rows(self.data_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # the model's arguments: the columns Trainer keeps
+        if self.cache_key is not None and ROW not in self._signature_columns:
+            self._signature_columns.append(ROW)
+
+    def teacher_states(self) -> TeacherStates:
+        """The cache entry of the teacher on this training set: loaded, or built once (qbench.teacher_cache)."""
+        ds = self._remove_unused_columns(self.train_dataset).remove_columns(ROW)  # the model's inputs
+        path = entry_dir(self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names))
+        built, a = not (path / META).is_file(), self.args
+        states = teacher_states(path, lambda tmp: build(tmp, self.teacher, ds, self._collate, self.spec.layer,
+                                                        a.per_device_eval_batch_size, a.device))  # fmt: skip
+        log.info("teacher outputs %s the cache: %s", "written to" if built else "read from", path)
+        return states
 
     def _attach_projection(self) -> nn.Linear:
         """TCD's linear map student hidden -> teacher hidden, registered as a submodule of the student for the
@@ -137,6 +175,8 @@ class DistillTrainer(Trainer):
         return proj
 
     def train(self, *args, **kwargs):
+        if self.cache_key is not None and self.states is None:
+            self.states = self.teacher_states()
         try:
             return super().train(*args, **kwargs)
         finally:  # the projection only serves the TCD loss: the trained student leaves without it
@@ -144,16 +184,15 @@ class DistillTrainer(Trainer):
                 delattr(self.model, PROJECTION)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        s, want_hidden = self.spec, bool(self.spec.tcd_weight)
-        out = model(**inputs, output_hidden_states=want_hidden)
-        with torch.no_grad():
-            t_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+        s, rows = self.spec, inputs.pop(ROW, None)
+        out = model(**inputs, output_hidden_states=bool(s.tcd_weight))
         mask = token_mask(model, inputs)
+        t_logits, ht = self.teacher_outputs(inputs, rows, mask)
         parts = {"task": out.loss}
         if s.kd_weight:
-            parts["kd"] = kd_loss(out.logits, t_out.logits, s.temperature, mask if out.logits.dim() == 3 else None)
+            parts["kd"] = kd_loss(out.logits, t_logits, s.temperature, mask if out.logits.dim() == 3 else None)
         if s.tcd_weight:
-            hs, ht = hidden(out, s.layer), hidden(t_out, s.layer)
+            hs = hidden(out, s.layer)
             hs = self.proj(hs) if self.proj is not None else hs
             parts["tcd"] = tcd_loss(hs, ht, mask, s.tau, self.bank, s.in_batch)
             if s.bank_size:
@@ -170,6 +209,26 @@ class DistillTrainer(Trainer):
             self._n_window += 1
             self._n_total += 1
         return (loss, out) if return_outputs else loss
+
+    def teacher_outputs(self, inputs: dict, rows: torch.Tensor | None, mask: torch.Tensor | None):
+        """(logits if kd, states of `layer` if tcd; else None) of the teacher for this batch: from the cache when
+        the batch carries its rows, else by running the teacher."""
+        s = self.spec
+        if self.states is None or rows is None:
+            with torch.no_grad():
+                t = self.teacher(**inputs, output_hidden_states=bool(s.tcd_weight))
+            return (t.logits if s.kd_weight else None), (hidden(t, s.layer) if s.tcd_weight else None)
+        dev, shape = self.args.device, (mask if mask is not None else inputs["input_ids"]).shape  # (batch, length)
+        logits = states = None
+        if s.kd_weight and "logits" in self.states.arrays:  # one vector per example (classification)
+            logits = self.states.logits(rows).to(dev)
+        elif s.kd_weight:  # per token: the teacher's output layer of its cached input, at the scored tokens only
+            with torch.no_grad():
+                logits = place(self.teacher.get_output_embeddings()(self.states.tokens("head", rows).to(dev)), mask,
+                               shape)  # fmt: skip
+        if s.tcd_weight:
+            states = place(self.states.tokens("hidden", rows).to(dev), mask, shape)
+        return logits, states
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._n_window:

@@ -110,7 +110,8 @@ class Stages:
         options = {"callbacks": c.scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments
         if c.distill.active:  # qbench.distill
             teacher, info = self.full_precision()
-            options |= {"trainer_cls": DistillTrainer, "teacher": teacher, "spec": c.distill}
+            options |= {"trainer_cls": DistillTrainer, "teacher": teacher, "spec": c.distill,
+                        "teacher_cache": c.fp_cache if c.distill.cache_teacher else None}  # fmt: skip
             out["teacher"] = {**{k: v for k, v in info.items() if k != "loss_curve"}, "distill": c.distill.name}
         with self.timer("train_qat"):
             out["qat"] = self.fit(model, c.qat, **options)

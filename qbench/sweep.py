@@ -40,6 +40,8 @@ EXCLUDED = {
     "task.data_dir": "likewise (it stays in the id as null, as in older ids)",
     "train.report_to": "where the training curves are logged as well (TensorBoard)",
     "model.groups": "the sensitivity groups, read by `qbench sensitivity` only (its cells set scheme.only)",
+    "distill.cache_teacher": "whether the teacher's outputs are read from qbench.teacher_cache: the same targets up to "
+    "float16 rounding of its states (losses within 1e-4, gradients within 1e-3 relative: tests/test_teacher_cache.py)",
 }
 # in the cell id (ids of older configs stay the same) but without any effect on results: the FP cache key and
 # tables ignore them

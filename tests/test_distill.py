@@ -1,6 +1,7 @@
 """Distillation losses by hand computation, and an end-to-end distilled QAT run with W-E-A bits."""
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,8 @@ def test_distilled_mds_qat_record(tmp_path, data_dir):
     comp = r["training"]["qat"]["loss_components"]
     assert set(comp) == {"task", "kd", "tcd", "weights"} and all(math.isfinite(comp[k]) for k in ("task", "kd", "tcd"))
     assert r["training"]["teacher"]["cached"] is None and "teacher" in r["timings"]  # fine-tuned once, here
+    states = set((Path(os.environ["QBENCH_CACHE"]) / "teacher").iterdir())  # its outputs, cached (cache_teacher)
+    assert any((e / "meta.json").is_file() for e in states)
     # the next distilled cell (same model, task, seed, training config) reads the teacher from the cache
     p = qbench("run", *common, "distill=kd", f"hydra.run.dir={tmp_path}/b")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -105,6 +108,7 @@ def test_distilled_mds_qat_record(tmp_path, data_dir):
     assert r["training"]["teacher"]["cached"]
     assert set(r["training"]["qat"]["loss_components"]) == {"task", "kd", "weights"}
     assert r["scheme"]["wea"] == "2-2-32"
+    assert set((Path(os.environ["QBENCH_CACHE"]) / "teacher").iterdir()) == states  # and its outputs, too
 
 
 @pytest.mark.parametrize("bad", [["scheme=none"], ["train.order=ptq"]])
