@@ -67,7 +67,9 @@ def effective_rank(x: torch.Tensor) -> float:
     """exp(entropy of σ / Σσ), σ the singular values of x (n, d) with its mean row subtracted; 0 when all rows are
     equal (see the module docstring)."""
     x = x.detach().double()
-    s = torch.linalg.svdvals(x - x.mean(0))
+    x = x - x.mean(0)
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T  # its eigenvalues are σ²: cheaper than an SVD
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     if s.sum() <= 1e-12 * max(1.0, float(x.abs().max())):
         return 0.0
     p = s / s.sum()
