@@ -20,7 +20,8 @@ Measures (each row of a matrix is one vector):
   bound whatever the token-specific parts do; centring removes that direction and the normalisation the scale, so
   the effective rank keeps its resolution where the cosine is already 0.99. 0 when all rows are equal.
 Embedding homogeneity is taken on the (quantized) word-embedding rows of the TOP_TOKENS (256) most frequent
-non-special tokens of the whole first evaluation split (ties: lower token id first); its distinct rows are also
+non-special tokens of the whole first evaluation split (its inputs: an encoder-decoder's documents; ties: lower
+token id first); its distinct rows are also
 counted over the whole vocabulary. Representation homogeneity is taken on the last layer's states (hidden_states[-1],
 after the final LayerNorm where the model has one) and on the middle layer's (hidden_states[L // 2] of the L + 1,
 the embedding output being 0).
@@ -159,7 +160,7 @@ def states(model: nn.Module, feeds: list[dict], tok, n: int = SAMPLE_TOKENS) -> 
     return torch.cat(last)[:n], torch.cat(middle)[:n], mid, layers
 
 
-def homogeneity(model: nn.Module, tok, inputs) -> dict:
+def homogeneity(model: nn.Module, tok, inputs, n: int = SAMPLE_TOKENS) -> dict:
     """The record's diagnosis of one model (FP or quantized) on a Split's inputs: its sample, embedding and
     representation measures (see the module docstring). The model is left in the mode it was in."""
     was_training = model.training
@@ -167,8 +168,8 @@ def homogeneity(model: nn.Module, tok, inputs) -> dict:
     try:
         with parametrize.cached():
             chunk = min(CHUNK, model_context(model)) if isinstance(inputs, list) else CHUNK
-            feeds = sample_inputs(inputs, tok, bool(getattr(model.config, "is_encoder_decoder", False)), chunk)
-            last, middle, mid, layers = states(model, feeds, tok)
+            feeds = sample_inputs(inputs, tok, bool(getattr(model.config, "is_encoder_decoder", False)), chunk, n)
+            last, middle, mid, layers = states(model, feeds, tok, n)
             emb = model.get_input_embeddings().weight.detach()
             top = emb[torch.tensor(frequent_tokens(inputs, tok), device=emb.device)].float().cpu()
             vocab_distinct = distinct_rows(emb)

@@ -171,3 +171,18 @@ def test_a_causal_lm_record_has_the_diagnosis(tmp_path):
     assert d["sample"]["forward_passes"] >= d["sample"]["tokens"] / 128  # chunks of the model's 128-token context
     assert {r["name"] for r in d["ranges"]} >= {"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight"}
     assert all(r["learned"]["alpha"] > 0 for r in d["ranges"])
+
+
+def test_an_encoder_decoder_is_read_through_its_decoder():
+    from datasets import Dataset
+
+    from qbench.diagnose import homogeneity
+    from tests.tiny import tiny_bart
+
+    model = tiny_bart()
+    model.config.decoder_start_token_id = 1
+    rows = Dataset.from_dict({"input_ids": [[0, *range(10, 40), 1]] * 3, "labels": [[0, *range(50, 70), 1]] * 3})
+    d = homogeneity(model, Tok(), rows, n=40)
+    assert d["sample"]["tokens"] == 40 and d["sample"]["forward_passes"] == 2  # 21 summary tokens per example
+    assert d["sample"]["layers"] == 1 and d["sample"]["embedding_rows"] == 30  # counted on the documents (10..39)
+    assert not model.training
