@@ -21,10 +21,9 @@ Measures (each row of a matrix is one vector):
   the effective rank keeps its resolution where the cosine is already 0.99. 0 when all rows are equal.
 Embedding homogeneity is taken on the (quantized) word-embedding rows of the TOP_TOKENS (256) most frequent
 non-special tokens of the whole first evaluation split (its inputs: an encoder-decoder's documents; ties: lower
-token id first); its distinct rows are also
-counted over the whole vocabulary. Representation homogeneity is taken on the last layer's states (hidden_states[-1],
-after the final LayerNorm where the model has one) and on the middle layer's (hidden_states[L // 2] of the L + 1,
-the embedding output being 0).
+token id first); its distinct rows are also counted over the whole vocabulary. Representation homogeneity is taken
+on the last layer's states (hidden_states[-1], after the final LayerNorm where the model has one) and on the middle
+layer's (hidden_states[L // 2] of the L + 1, the embedding output being 0).
 
 Module ranges, per quantized tensor (its latent weight, as trained): max|w|/mean|w|, and, for a scheme with a
 learned range (the parametrization's `learned_range(latent)`: PACT α, LSQ s, MDS γ, LAQ's fitted α), the clip
