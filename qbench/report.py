@@ -401,8 +401,8 @@ def ranges_figure(df: pd.DataFrame, plt):
     n = len(first)
     ncol = min(3, n)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow + 0.6), squeeze=False)
-    colors = {m: f"C{i}" for i, m in enumerate(MODULE_TYPES)}
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol + 2.0, 3.6 * nrow), squeeze=False)
+    colors = dict(zip(MODULE_TYPES, ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"), strict=True))  # no gray
     for ax, (_, r) in zip(axes.flat, first.iterrows(), strict=False):
         ranges = r["diagnosis"]["ranges"]
         x = range_positions(ranges)
@@ -416,18 +416,19 @@ def ranges_figure(df: pd.DataFrame, plt):
         ax.set_yscale("log")
         ax.set_title(f"{r['task']}: {r['series']} (seed {r['seed']})", fontsize=9)
         ax.set_xlabel("layer (-1: embeddings)")
-        ax.set_ylabel("/ mean|w|")
+        ax.set_ylabel("ratio to mean|w| (log)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     used = [m for m in MODULE_TYPES if any(t["module"] == m for d in first["diagnosis"] for t in d["ranges"])]
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[m], label=m) for m in used]
-    marks = [("o", "none", "max|w| / mean|w|"), ("o", "gray", "learned clip / mean|w| (end)"),
-             ("x", "gray", "clip / mean|w| at quantization")]  # fmt: skip
-    handles += [plt.Line2D([], [], marker=m, linestyle="", color="gray", markerfacecolor=f, label=label)
+    marks = [("o", "none", "max|w| / mean|w|"), ("o", "black", "learned clip / mean|w|\n(end of training)"),
+             ("x", "black", "clip / mean|w|\nat quantization")]  # fmt: skip
+    handles += [plt.Line2D([], [], marker=m, linestyle="", color="black", markerfacecolor=f, label=label)
                 for m, f, label in marks]  # fmt: skip
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7)
-    fig.tight_layout(rect=(0, 0.6 / (3.6 * nrow + 0.6) + 0.04, 1, 1))
+    width = 5.2 * ncol + 2.0
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / width, 1))
     return fig
 
 
