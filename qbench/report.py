@@ -277,7 +277,8 @@ def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: 
 
 def plot(paths: list[str], out: str) -> list[Path]:
     """Metric vs bits (one panel per task, a line per scheme and configuration, FP dashed) and metric vs effective
-    bits; seeds of one configuration are averaged (error bars: their std)."""
+    bits; seeds of one configuration are averaged (error bars: their std). Records with a `diagnosis` also give
+    the homogeneity and module-range figures (diagnosis_plots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -500,7 +501,11 @@ def table_command(argv: list[str]) -> None:
 
 
 def plot_command(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="qbench plot", description="Metric vs bits and vs effective bits (PNG, SVG).")
+    p = argparse.ArgumentParser(
+        prog="qbench plot",
+        description="Metric vs bits and vs effective bits; "
+        "homogeneity per method and module ranges from the records' diagnosis (PNG, SVG).",
+    )
     p.add_argument("paths", nargs="*", default=["results"])
     p.add_argument("--out", default="results/plots/qbench", help="file prefix (default results/plots/qbench)")
     a = p.parse_args(argv)
