@@ -17,6 +17,7 @@ from qbench import kinds
 from qbench.calibrate import calibrate
 from qbench.cell import Cell, parse, resolve_device
 from qbench.config import TrainSchema
+from qbench.diagnose import homogeneity, module_ranges, section, with_init
 from qbench.distill import DistillTrainer
 from qbench.distributed import barrier, is_main
 from qbench.fp_cache import finetuned_fp, is_cached
@@ -43,18 +44,27 @@ def run(cell: Cell | DictConfig, run_dir: Path) -> dict:
     training, quant, size = {}, None, None
     if cell.order in ("ptq", "ft_then_qat") or (cell.order == "qat" and not cell.quantize):
         model, training["full_precision"] = stages.full_precision(model)
+    sample = data[cell.task.eval_splits[0]].inputs  # the diagnosis' tokens (qbench.diagnose)
+    diagnosis = {"fp": stages.homogeneity(model, sample)}  # the FP model: before quantizing
     if cell.quantize:
         quant = stages.quantize(model)
+        with timer("diagnose"):
+            ranges_init = module_ranges(model)
         if cell.order in ("qat", "ft_then_qat"):
             training |= stages.quantization_aware(model)
         size = stages.size(model)
     with timer("eval"):
         metrics, rows = kind.evaluate(cell, model, tok, data)
+    if cell.quantize:  # after evaluation: it cannot change the metrics
+        diagnosis["quantized"] = stages.homogeneity(model, sample)
+        with timer("diagnose"):
+            diagnosis["ranges"] = with_init(module_ranges(model), ranges_init)
     if cell.save_predictions and is_main():
         write_jsonl(run_dir / "predictions.jsonl", rows)
     protocol = getattr(kind, "protocol", None)  # optional: how the kind computed its metrics (context, beams...)
     evaluation = protocol(cell, model, tok, data, rows) if protocol else None
-    record = completed_record(cell, quant, metrics, training, size, evaluation, timer, started)
+    diagnosis = section(cell.task.eval_splits[0], **diagnosis)
+    record = completed_record(cell, quant, metrics, training, size, evaluation, diagnosis, timer, started)
     if is_main():
         write_json_atomic(run_dir / "record.json", record)
     barrier()  # the processes leave the cell together: none checks the next one while this one is being written
@@ -117,6 +127,15 @@ class Stages:
             out["qat"] = self.fit(model, c.qat, **options)
         return out
 
+    def homogeneity(self, model, sample) -> dict:
+        """Paper B's homogeneity measures of model on the evaluation sample (qbench.diagnose), on the cell's device;
+        the model goes back where it was."""
+        with self.timer("diagnose"):
+            home = next(model.parameters()).device
+            out = homogeneity(model.to(self.cell.device), self.tok, sample)
+            model.to(home)
+        return out
+
     def size(self, model) -> dict:
         """Packed size; with export=true also the packed checkpoint RUN_DIR/model.packed.safetensors."""
         c = self.cell
@@ -126,7 +145,7 @@ class Stages:
 
 
 def completed_record(cell: Cell, quant: dict | None, metrics: dict, training: dict, size: dict | None,
-                     evaluation: dict | None, timer: Timer, started: datetime) -> dict:  # fmt: skip
+                     evaluation: dict | None, diagnosis: dict, timer: Timer, started: datetime) -> dict:  # fmt: skip
     """The record of a completed cell."""
     main = {"name": cell.task.main_metric, "split": cell.task.eval_splits[0]}
     return {
@@ -145,6 +164,7 @@ def completed_record(cell: Cell, quant: dict | None, metrics: dict, training: di
         "training": training,
         **({"size": size} if size is not None else {}),
         **({"evaluation": evaluation} if evaluation is not None else {}),
+        "diagnosis": diagnosis,  # paper B's homogeneity and module ranges (qbench.diagnose)
         "timings": {**timer.seconds, "total": (datetime.now(timezone.utc) - started).total_seconds()},
         **provenance(cell.config, cell.device, started),
     }

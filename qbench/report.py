@@ -44,6 +44,7 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
                 "config_key": key, "finished": r.get("finished", ""),
                 # one record per (configuration, seed); records without a config: per cell id, else folder
                 "run": f"{key} seed={r.get('seed')}" if "config" in r else r.get("cell_id") or str(f.parent),
+                "diagnosis": r.get("diagnosis"),  # paper B's homogeneity and module ranges (qbench.diagnose)
             })  # fmt: skip
     if not rows:
         raise QbenchError(f"no completed record.json under {', '.join(map(str, paths))}")
@@ -284,7 +285,8 @@ LOG_SCALE = ("perplexity",)  # metrics plotted on a log axis
 
 def plot(paths: list[str], out: str) -> list[Path]:
     """Metric vs bits (one panel per task, a line per scheme and configuration, FP dashed) and metric vs effective
-    bits; seeds of one configuration are averaged (error bars: their std)."""
+    bits; seeds of one configuration are averaged (error bars: their std). Records with a `diagnosis` also give
+    the homogeneity and module-range figures (diagnosis_plots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,6 +326,132 @@ def plot(paths: list[str], out: str) -> list[Path]:
             fig.savefig(path, dpi=120)
             files.append(path)
         plt.close(fig)
+    return files + diagnosis_plots(df, out, plt)
+
+
+HOMOGENEITY = [("embedding", "word embedding rows"), ("middle", "middle-layer states"), ("last", "last-layer states")]
+MEASURES = [("mean_cosine", "mean pairwise cosine"), ("effective_rank", "effective rank (centred)")]
+
+
+def diagnosis_plots(df: pd.DataFrame, out: str, plt) -> list[Path]:
+    """Paper B's two figures from the records' `diagnosis` (none when no record has one): homogeneity per method
+    and module ranges per layer and module type."""
+    df = df[df["diagnosis"].notna()]
+    if df.empty:
+        return []
+    files = save(homogeneity_figure(df, plt), f"{out}_homogeneity", plt)
+    quantized = df[df["diagnosis"].map(lambda d: bool(d.get("ranges")))]
+    if not quantized.empty:
+        files += save(ranges_figure(quantized, plt), f"{out}_ranges", plt)
+    return files
+
+
+def homogeneity_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, method, part, measure, record): the FP model's values from the FP records (from the
+    quantized records' FP part where a task has no FP record), each quantized configuration's from its own."""
+    rows = []
+    for _, r in df.iterrows():
+        fp = r["scheme"] == "none"
+        if not fp and (df[df["task"] == r["task"]]["scheme"] == "none").any():
+            parts = [("quantized", r["series"])]
+        else:
+            parts = [("fp", FP)] + ([] if fp else [("quantized", r["series"])])
+        for part, method in parts:
+            for layer, _ in HOMOGENEITY:
+                for measure, _ in MEASURES:
+                    value = r["diagnosis"][part][layer][measure]
+                    rows.append({"task": r["task"], "method": method, "layer": layer, "measure": measure,
+                                 "value": value, "run": r["run"]})  # fmt: skip
+    return pd.DataFrame(rows).drop_duplicates(["task", "method", "layer", "measure", "run"])
+
+
+def homogeneity_figure(df: pd.DataFrame, plt):
+    """Panels: mean cosine and effective rank (rows) of the embedding rows, middle and last layer (columns); a bar
+    per method (FP first), one colour per task; seeds averaged (error bars: their std)."""
+    h = homogeneity_rows(df)
+    methods = [FP, *sorted(m for m in h["method"].unique() if m != FP)]
+    tasks = sorted(h["task"].unique())
+    fig, axes = plt.subplots(len(MEASURES), len(HOMOGENEITY), figsize=(4.2 * len(HOMOGENEITY), 6.4), squeeze=False)
+    width = 0.8 / len(tasks)
+    for i, (measure, mlabel) in enumerate(MEASURES):
+        for j, (layer, llabel) in enumerate(HOMOGENEITY):
+            ax = axes[i][j]
+            g = h[(h["measure"] == measure) & (h["layer"] == layer)].groupby(["task", "method"])["value"]
+            agg = g.agg(["mean", "std"]).reset_index()
+            for t, task in enumerate(tasks):
+                a = agg[agg["task"] == task].set_index("method").reindex(methods)
+                x = [k + (t - (len(tasks) - 1) / 2) * width for k in range(len(methods))]
+                ax.bar(x, a["mean"], width, yerr=a["std"].fillna(0), label=task, color=f"C{t}", capsize=2)
+            ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{llabel}: {mlabel}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+    if len(tasks) > 1:
+        axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Homogeneity per method (cosine up, effective rank down: more homogeneous)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+MODULE_TYPES = ("embedding", "attention.q", "attention.k", "attention.v", "attention.qkv", "attention.o", "ffn.in",
+                "ffn.out", "other")  # fmt: skip
+
+
+def range_positions(ranges: list[dict]) -> list[float]:
+    """x of each tensor: its layer (embeddings at -1, an encoder-decoder's decoder after the encoder), nudged by
+    module type so that the types of one layer sit side by side."""
+    encoder = 1 + max((r["layer"] for r in ranges if r.get("layer") is not None and "stack" not in r), default=-1)
+    return [(-1 if r.get("layer") is None else r["layer"] + (encoder if "stack" in r else 0))
+            + 0.08 * (MODULE_TYPES.index(r["module"]) - 4) for r in ranges]  # fmt: skip
+
+
+def ranges_figure(df: pd.DataFrame, plt):
+    """One panel per task and quantized configuration (its first seed): per tensor, max|w|/mean|w| of the latent
+    weight (open circles) and the learned clip/mean|w| at quantization (x) and at the end of training (filled),
+    by layer, coloured by module type (log scale)."""
+    first = df.sort_values("seed").drop_duplicates(["task", "series"]).sort_values(["task", "series"])
+    n = len(first)
+    ncol = min(3, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol + 2.0, 3.6 * nrow), squeeze=False)
+    colors = dict(zip(MODULE_TYPES, ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"), strict=True))  # no gray
+    for ax, (_, r) in zip(axes.flat, first.iterrows(), strict=False):
+        ranges = r["diagnosis"]["ranges"]
+        x = range_positions(ranges)
+        for xi, t in zip(x, ranges, strict=True):
+            c = colors[t["module"]]
+            ax.scatter(xi, t["max_over_mean"], facecolors="none", edgecolors=c, s=22)
+            if "clip_over_mean" in t:
+                ax.scatter(xi, t["clip_over_mean"], color=c, s=18)
+                if t.get("clip_over_mean_init") is not None:
+                    ax.scatter(xi, t["clip_over_mean_init"], color=c, marker="x", s=14, linewidths=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{r['task']}: {r['series']} (seed {r['seed']})", fontsize=9)
+        ax.set_xlabel("layer (-1: embeddings)")
+        ax.set_ylabel("ratio to mean|w| (log)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    used = [m for m in MODULE_TYPES if any(t["module"] == m for d in first["diagnosis"] for t in d["ranges"])]
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[m], label=m) for m in used]
+    marks = [("o", "none", "max|w| / mean|w|"), ("o", "black", "learned clip / mean|w|\n(end of training)"),
+             ("x", "black", "clip / mean|w|\nat quantization")]  # fmt: skip
+    handles += [plt.Line2D([], [], marker=m, linestyle="", color="black", markerfacecolor=f, label=label)
+                for m, f, label in marks]  # fmt: skip
+    width = 5.2 * ncol + 2.0
+    fig.legend(handles=handles, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / width, 1))
+    return fig
+
+
+def save(fig, stem: str, plt) -> list[Path]:
+    """fig as stem.png and stem.svg; closes it."""
+    files = []
+    for ext in ("png", "svg"):
+        path = Path(f"{stem}.{ext}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        files.append(path)
+    plt.close(fig)
     return files
 
 
@@ -383,7 +511,11 @@ def table_command(argv: list[str]) -> None:
 
 
 def plot_command(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="qbench plot", description="Metric vs bits and vs effective bits (PNG, SVG).")
+    p = argparse.ArgumentParser(
+        prog="qbench plot",
+        description="Metric vs bits and vs effective bits; "
+        "homogeneity per method and module ranges from the records' diagnosis (PNG, SVG).",
+    )
     p.add_argument("paths", nargs="*", default=["results"])
     p.add_argument("--out", default="results/plots/qbench", help="file prefix (default results/plots/qbench)")
     a = p.parse_args(argv)

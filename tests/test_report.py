@@ -197,3 +197,50 @@ def test_per_tensor_bits_are_one_field_in_the_label(tmp_path, capsys):
     main(["table", str(tmp_path)])
     out = capsys.readouterr()
     assert "mds 2b (scheme.bits_by=*.embeddings.*:2,*.layer.*:4)" in out.out and "labelled by scheme.bits_by" in out.err
+
+
+def diagnosis(cosine: float, quantized: bool) -> dict:
+    """A hand-made `diagnosis` section (qbench.diagnose): FP part, and for a quantized record its part and ranges."""
+    part = lambda c: {layer: {"mean_cosine": c, "effective_rank": 10 * (1 - c)} for layer in ("embedding", "middle",
+                                                                                            "last")}  # fmt: skip
+    ranges = [{"name": "bert.embeddings.word_embeddings.weight", "layer": None, "module": "embedding",
+               "max_over_mean": 12.0, "clip_over_mean": 3.0, "clip_over_mean_init": 2.5, "learned": {"gamma": 3.0}},
+              {"name": "bert.encoder.layer.0.attention.self.query.weight", "layer": 0, "module": "attention.q",
+               "max_over_mean": 8.0, "clip_over_mean": 2.0, "clip_over_mean_init": 2.2, "learned": {"gamma": 2.0}},
+              {"name": "bert.encoder.layer.1.output.dense.weight", "layer": 1, "module": "ffn.out",
+               "max_over_mean": 20.0}]  # fmt: skip
+    sample = {"split": "validation", "tokens": 2048}
+    return {"sample": sample, "fp": part(0.2), **({"quantized": part(cosine), "ranges": ranges} if quantized else {})}
+
+
+def test_plot_draws_the_diagnosis_figures(tmp_path):
+    records = [record(0.86, 42, scheme="none"), record(0.80, 42), record(0.78, 1), record(0.70, 42, lr=1e-4)]
+    for r, c in zip(records, (0.2, 0.5, 0.6, 0.9), strict=True):
+        r["diagnosis"] = diagnosis(c, r["scheme"]["name"] != "none")
+    write(tmp_path / "records", [*records, record(0.75, 2)])  # a record written before the diagnosis: left out
+    main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
+    for name in ("homogeneity", "ranges"):
+        for ext in ("png", "svg"):
+            assert (tmp_path / f"study_{name}.{ext}").stat().st_size > 1000
+    svg = (tmp_path / "study_homogeneity.svg").read_text()
+    assert "last-layer states: mean pairwise cosine" in svg and "effective rank" in svg
+    ranges = (tmp_path / "study_ranges.svg").read_text()
+    assert "train.lr=0.0001" in ranges and "attention.q" in ranges and "ffn.out" in ranges  # one panel per line
+
+
+def test_homogeneity_takes_fp_from_the_fp_records_and_averages_seeds():
+    import pandas as pd
+
+    from qbench.report import homogeneity_rows
+
+    df = pd.DataFrame([
+        {"task": "sst2", "scheme": "none", "series": "none", "run": "a", "diagnosis": diagnosis(0.2, False)},
+        {"task": "sst2", "scheme": "mds", "series": "mds", "run": "b", "diagnosis": diagnosis(0.5, True)},
+        {"task": "sst2", "scheme": "mds", "series": "mds", "run": "c", "diagnosis": diagnosis(0.7, True)},
+        {"task": "rte", "scheme": "mds", "series": "mds", "run": "d", "diagnosis": diagnosis(0.9, True)},
+    ])  # fmt: skip
+    h = homogeneity_rows(df)
+    cos = h[(h["layer"] == "last") & (h["measure"] == "mean_cosine")].groupby(["task", "method"])["value"].mean()
+    # rte has no FP record: its FP bar is the quantized record's FP part
+    assert cos.to_dict() == pytest.approx({("rte", "FP"): 0.2, ("rte", "mds"): 0.9, ("sst2", "FP"): 0.2,
+                                           ("sst2", "mds"): 0.6})  # fmt: skip

@@ -73,6 +73,9 @@ class LAQQuant(ScaledFakeQuant):
         self.last_step = laq_step(w, self.bits, self.curvature, self.last_step)
         return torch.tensor(self.last_step, dtype=w.dtype, device=w.device)
 
+    def learned(self, latent: torch.Tensor) -> dict[str, float]:
+        return {"alpha": P.sym_levels(self.bits) * self.last_step} if self.last_step is not None else {}
+
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return w  # straight through
 

@@ -46,6 +46,9 @@ class LSQQuant(ScaledFakeQuant):
     def step(self, w: torch.Tensor) -> torch.Tensor:
         return self.s.abs()
 
+    def learned(self, latent: torch.Tensor) -> dict[str, float]:
+        return {"s": float(self.s.abs())}
+
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         g = self.grad_scale
         s = step * g + (step - step * g).detach()  # value s, gradient scaled by g

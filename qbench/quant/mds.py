@@ -60,6 +60,9 @@ class MDSQuant(ScaledFakeQuant):
     def step(self, w: torch.Tensor) -> torch.Tensor:
         return self.alpha(w) / P.sym_levels(self.bits)
 
+    def learned(self, latent: torch.Tensor) -> dict[str, float]:
+        return {"gamma": float(self.gamma.abs()), "alpha": float(self.alpha(latent))}
+
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         a, n = self.alpha(w), P.sym_levels(self.bits)
         wc = torch.where(w >= a, a, torch.where(w <= -a, -a, w))

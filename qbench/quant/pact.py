@@ -54,6 +54,9 @@ class PACTQuant(ScaledFakeQuant):
     def step(self, w: torch.Tensor) -> torch.Tensor:
         return self.alpha.abs() / P.sym_levels(self.bits)
 
+    def learned(self, latent: torch.Tensor) -> dict[str, float]:
+        return {"alpha": float(self.alpha.abs())}
+
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         a = self.alpha.abs()
         return torch.where(w >= a, a, torch.where(w <= -a, -a, w))  # clip: d/dα = ±1 on clipped weights only

@@ -150,6 +150,17 @@ class ScaledFakeQuant(nn.Module):
         """(1, integer levels) of packed_state's codes (qbench.quant.diagnostics): qn + qp + 1 (binary: 2)."""
         return 1, 2 if self.binary else self.qn + self.qp + 1
 
+    def learned_range(self, latent: torch.Tensor) -> dict[str, float]:
+        """The range at this point of training (qbench.diagnose): `clip`, the largest positive level (qp·step;
+        binary: step), and the scheme's own learned value (`learned`)."""
+        with torch.no_grad():
+            step = float(self.step(latent.detach()))
+        return {"clip": step * (1 if self.binary else self.qp), **self.learned(latent)}
+
+    def learned(self, latent: torch.Tensor) -> dict[str, float]:
+        """{name: value} of what the scheme learns about the range (PACT α, LSQ s, MDS γ, LAQ's fitted α)."""
+        return {}
+
     def packed_state(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             step = self.step(latent.detach()).detach()
