@@ -169,13 +169,16 @@ def split_labels(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, list[str
 
 
 def scheme_label(r: dict) -> str:
-    """'mds', 'linear/row' (granularity other than per tensor), 'kmeans/row/fisher' (Fisher-weighted), or with
+    """'mds', 'linear/row' (granularity other than per tensor), 'kmeans/row/fisher' (Fisher-weighted), '.../mixed'
+    (per-tensor bits, scheme.bits_by; which ones: the config, shown when two differ in one cell), or with
     distillation and non-default W-E-A bits 'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
     s, label = r["scheme"], r["scheme"]["name"]
     if s.get("granularity") not in (None, "tensor"):  # 'linear/row': per output unit, 'linear/group'
         label += f"/{s['granularity']}"
     if s.get("weighting") not in (None, "none"):  # k-means' sample weights: 'kmeans/row/fisher'
         label += f"/{s['weighting']}"
+    if s.get("bits_by"):  # per-tensor bits (qbench allocate): 'kmeans/row/mixed 3b', 3 = the nominal average
+        label += "/mixed"
     if (r.get("distill") or {}).get("name", "none") != "none":
         label += f"+{r['distill']['name']}"
     if s.get("wea") and s.get("wea") != f"{s.get('bits')}-{s.get('bits')}-32":

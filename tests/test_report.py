@@ -179,6 +179,8 @@ def test_fisher_weighted_kmeans_has_its_own_label():
     r = {"scheme": {"name": "kmeans", "bits": 2, "granularity": "row", "weighting": "fisher", "wea": "2-2-32"}}
     assert scheme_label(r) == "kmeans/row/fisher"
     assert scheme_label({"scheme": {"name": "kmeans", "bits": 2, "wea": "2-2-32"}}) == "kmeans"
+    mixed = {"scheme": {"name": "kmeans", "bits": 3, "granularity": "row", "bits_by": {"*.0.*": 4}, "wea": "3-3-32"}}
+    assert scheme_label(mixed) == "kmeans/row/mixed"  # its own column next to uniform 3-bit
 
 
 def test_diverged_perplexities_print_in_scientific_notation():
