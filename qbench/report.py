@@ -323,12 +323,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
             legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
         fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=8)
         fig.tight_layout(rect=(0, (0.2 * rows + 0.1) / (3.2 + 0.2 * rows), 1, 1))
-        for ext in ("png", "svg"):
-            path = Path(f"{out}_{name}.{ext}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120)
-            files.append(path)
-        plt.close(fig)
+        files += save(fig, f"{out}_{name}", plt)
     return files + diagnosis_plots(df, out, plt)
 
 
