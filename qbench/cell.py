@@ -56,6 +56,7 @@ class Cell:
     export: bool
     save_predictions: bool
     config: dict
+    also_eval: tuple[TaskSpec, ...] = ()  # other tasks of its kind scored by the final model (metrics task:split)
 
     @property
     def order(self) -> str:
@@ -118,10 +119,26 @@ def parse(cfg: DictConfig) -> Cell:
     reads_train = c.train.order != "zeroshot" or needs_calibration(scheme) is not None
     for split in ((task.train_split,) if reads_train else ()) + task.eval_splits:
         split_file(task, split, c.data_dir)  # a missing local split fails here, naming its path
+    also = also_eval(cfg, task, c.data_dir)
     return Cell(id=cell_id(cfg), model=c.model, task=task, scheme=scheme, train=c.train, qat=qat_stage(c.train),
                 distill=distill, data=DataSource(c.data_dir, data_identity(cfg)), seed=c.seed,
                 device=resolve_device(c.device), fp_cache=fp_cache_dir(cfg), export=c.export,
-                save_predictions=c.save_predictions, config=OmegaConf.to_container(cfg, resolve=True))  # fmt: skip
+                save_predictions=c.save_predictions, config=OmegaConf.to_container(cfg, resolve=True),
+                also_eval=also)  # fmt: skip
+
+
+def also_eval(cfg: DictConfig, task: TaskSpec, data_dir: str | None) -> tuple[TaskSpec, ...]:
+    """The extra evaluation tasks (`also_eval`): of the cell's task kind, their evaluation splits found."""
+    out = []
+    for name, node in (cfg.get("also_eval") or {}).items():
+        spec = TaskSpec.from_config(OmegaConf.to_container(node, resolve=True))
+        if spec.kind != task.kind:
+            raise QbenchError(f"also_eval.{name}: task {spec.name} is {spec.kind}; the cell's task {task.name} is "
+                              f"{task.kind} (the same model scores both)")  # fmt: skip
+        for split in spec.eval_splits:
+            split_file(spec, split, data_dir)
+        out.append(spec)
+    return tuple(out)
 
 
 def check_combinations(scheme: Scheme | NoQuant, train: TrainSchema, distill: DistillSpec) -> None:

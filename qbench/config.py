@@ -204,6 +204,7 @@ class Config:
     force: bool = key(False)
     study: str = key(MISSING, "a non-empty string", bool)
     cache_dir: str | None = key(None)
+    also_eval: dict[str, TaskSchema] = key(factory=dict)  # other tasks of the same kind scored by the final model
 
 
 def task_overrides(d: Mapping) -> dict:

@@ -55,6 +55,9 @@ def run(cell: Cell | DictConfig, run_dir: Path) -> dict:
         size = stages.size(model)
     with timer("eval"):
         metrics, rows = kind.evaluate(cell, model, tok, data)
+        for task in cell.also_eval:  # other tasks, same model: metrics and predictions under '<task>:<split>'
+            m, r = evaluate_other(cell, task, kind, model, tok)
+            metrics, rows = metrics | m, rows + r
     if cell.quantize:  # after evaluation: it cannot change the metrics
         diagnosis["quantized"] = stages.homogeneity(model, sample)
         with timer("diagnose"):
@@ -168,6 +171,17 @@ def completed_record(cell: Cell, quant: dict | None, metrics: dict, training: di
         "timings": {**timer.seconds, "total": (datetime.now(timezone.utc) - started).total_seconds()},
         **provenance(cell.config, cell.device, started),
     }
+
+
+def evaluate_other(cell: Cell, task, kind: ModuleType, model, tok) -> tuple[dict, list[dict]]:
+    """(metrics, prediction rows) of the final model on another task's evaluation splits, named '<task>:<split>'
+    (each split's metrics with the file it read under `source`)."""
+    other = replace(cell, task=task)
+    data = kind.load_data(other, tok, need_train=False)
+    metrics, rows = kind.evaluate(other, model, tok, data)
+    name = lambda split: f"{task.name}:{split}"  # noqa: E731
+    metrics = {name(s): {**m, **({"source": data[s].source} if data[s].source else {})} for s, m in metrics.items()}
+    return metrics, [{**r, "split": name(r["split"])} for r in rows]
 
 
 def packed_meta(cell: Cell) -> dict:

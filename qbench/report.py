@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
                 # one record per (configuration, seed); records without a config: per cell id, else folder
                 "run": f"{key} seed={r.get('seed')}" if "config" in r else r.get("cell_id") or str(f.parent),
                 "diagnosis": r.get("diagnosis"),  # paper B's homogeneity and module ranges (qbench.diagnose)
+                "metrics": r.get("metrics") or {},  # every split's metrics (--value metrics.SPLIT.NAME)
+                # per training stage, the task loss at each logged step (without distillation's terms)
+                "curves": {k: t.get("task_loss_curve") or t["loss_curve"] for k, t in (r.get("training") or {}).items()
+                           if t.get("loss_curve")},  # fmt: skip
             })  # fmt: skip
     if not rows:
         raise QbenchError(f"no completed record.json under {', '.join(map(str, paths))}")
@@ -249,7 +254,32 @@ def add_reference(table: pd.DataFrame, mean: pd.DataFrame, ref_path: Path, rows:
     return table
 
 
-VALUES = ("metric", "effective_bits")  # what a table's cells show
+VALUES = ("metric", "effective_bits", "metrics.SPLIT.NAME", "homogeneity.PART.MEASURE")  # what a table's cells show
+HOMOGENEITY_PARTS = ("embedding", "middle", "last")
+
+
+def values_of(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """df with `value` (and `metric`, its name) set to what the table shows: the main metric, effective_bits, another
+    split's metric (metrics.wikitext2:test.perplexity) or a homogeneity measure of the cell's final model
+    (homogeneity.last.effective_rank: the quantized model's, an FP record's own). Rows without it are dropped."""
+    if value == "metric":
+        return df
+    if value == "effective_bits":  # (FP: 32) the same pivot over another column; `metric` names it for the rows
+        return df.assign(value=df["effective_bits"], metric="effective_bits")
+    kind, _, rest = value.partition(".")
+    if kind == "metrics" and rest.count(".") >= 1:
+        split, name = rest.rsplit(".", 1)
+        got = df["metrics"].map(lambda m: (m.get(split) or {}).get(name))
+    elif kind == "homogeneity" and rest.count(".") == 1 and rest.split(".")[0] in HOMOGENEITY_PARTS:
+        part, name = rest.split(".")
+        final = lambda d: (d.get("quantized") or d["fp"]) if d else None  # noqa: E731
+        got = df["diagnosis"].map(lambda d: ((final(d) or {}).get(part) or {}).get(name))
+    else:
+        raise QbenchError(f"--value {value!r}; valid: {', '.join(VALUES)} (PART: {', '.join(HOMOGENEITY_PARTS)})")
+    df = df.assign(value=got, metric=name)[got.notna()]
+    if df.empty:
+        raise QbenchError(f"--value {value}: no record has it")
+    return df.assign(value=df["value"].astype(float))
 
 
 def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: int, reference: str | None,
@@ -258,9 +288,7 @@ def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: 
     `conditions`: each task's main metric, or (value=effective_bits) the bits per quantized weight, codebooks and
     scales included, in the same layout. Says on stderr when it split a cell because its records are of different
     configurations."""
-    df = where(load_records(paths), list(conditions))
-    if value == "effective_bits":  # (FP: 32) the same pivot over another column; `metric` names it for the rows
-        df = df.assign(value=df["effective_bits"], metric="effective_bits")
+    df = values_of(where(load_records(paths), list(conditions)), value)
     mean, std, n = pivot(df, rows, cols)
     if value == "effective_bits":  # set by the configuration, not by the seed: no spread to show
         std = std.where(std > 0)
@@ -324,7 +352,36 @@ def plot(paths: list[str], out: str) -> list[Path]:
         fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=ncol, fontsize=8)
         fig.tight_layout(rect=(0, (0.2 * rows + 0.1) / (3.2 + 0.2 * rows), 1, 1))
         files += save(fig, f"{out}_{name}", plt)
-    return files + diagnosis_plots(df, out, plt)
+    return files + loss_plots(df, out, plt) + diagnosis_plots(df, out, plt)
+
+
+def loss_plots(df: pd.DataFrame, out: str, plt) -> list[Path]:
+    """The training loss curves (the records' training.<stage>.loss_curve, as logged every train.logging_steps; with
+    distillation its task loss alone, task_loss_curve, so that every line is the same cross-entropy):
+    one panel per task, a line per configuration's last training stage (QAT for a quantized cell; the FP fine-tune,
+    dashed gray), seeds as separate lines. None when no record logged a curve."""
+    df = df[df["curves"].map(bool)]
+    if df.empty:
+        return []
+    tasks = sorted(df["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.8), squeeze=False)
+    color = line_colors(df[df["scheme"] != "none"])
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for _, r in df[df["task"] == task].sort_values(["series", "seed"]).iterrows():
+            curve = list(r["curves"].values())[-1]  # qat after full_precision: the cell's own training
+            fp, series = r["scheme"] == "none", r["series"]
+            name = FP if fp else series if re.search(r" \d+-\d+-\d+", series) else f"{series} {r['bits']}b"  # W-E-A
+            steps, losses = zip(*curve, strict=True)
+            ax.plot(steps, losses, color="gray" if fp else color[series], linestyle="--" if fp else "-", label=name,
+                    linewidth=1.2)  # fmt: skip
+        ax.set_title(f"{task}: training loss")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        ax.legend(handles.values(), handles.keys(), fontsize=7)
+    fig.tight_layout()
+    return save(fig, f"{out}_loss", plt)
 
 
 HOMOGENEITY = [("embedding", "word embedding rows"), ("middle", "middle-layer states"), ("last", "last-layer states")]
@@ -493,9 +550,10 @@ def table_command(argv: list[str]) -> None:
     p.add_argument("--digits", type=int, default=1)
     p.add_argument(
         "--value",
-        choices=VALUES,
         default="metric",
-        help="cells: the main metric (default) or effective_bits (codes + codebooks/scales per weight)",
+        help="cells: the main metric (default), effective_bits (codes + codebooks/scales per weight), another "
+        "split's metric (metrics.SPLIT.NAME, e.g. metrics.wikitext2:test.perplexity) or a homogeneity measure of the "
+        "final model (homogeneity.PART.MEASURE, PART embedding|middle|last, MEASURE mean_cosine|effective_rank)",
     )
     p.add_argument("--reference", help="YAML of published numbers (with sources): adds reference and delta columns")
     p.add_argument("--out", help="write here instead of printing")

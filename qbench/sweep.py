@@ -38,6 +38,8 @@ EXCLUDED = {
     "rounding): the record's `device` says which ran",
     "data_dir": "a path on this machine: local data are identified by content instead (data_identity)",
     "task.data_dir": "likewise (it stays in the id as null, as in older ids)",
+    "also_eval": "other tasks scored by the cell's final model: they add metrics, never change the cell's own (a "
+    "completed cell is not rerun to add them; force=true reruns it)",
     "train.report_to": "where the training curves are logged as well (TensorBoard)",
     "model.groups": "the sensitivity groups, read by `qbench sensitivity` only (its cells set scheme.only)",
     "distill.cache_teacher": "whether the teacher's outputs are read from qbench.teacher_cache: the same targets up to "

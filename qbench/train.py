@@ -60,7 +60,8 @@ def tensorboard(log_dir: Path):
 def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
              log_dir: Path | None = None, **trainer_kwargs) -> dict:  # fmt: skip
     """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve} (+ loss_components
-    when the trainer has them: qbench.distill). `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
+    and task_loss_curve, the task loss alone at each logged step, when the trainer has them: qbench.distill).
+    `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
     `trainer_cls`/`trainer_kwargs`: a Trainer subclass and its extra arguments (qbench.distill.DistillTrainer);
     `log_dir`: where train.report_to=tensorboard writes this stage's event file (by the main process only)."""
     args = training_args(train, seed, device)
@@ -70,6 +71,7 @@ def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: s
                           callbacks=callbacks or None, **trainer_kwargs)  # fmt: skip
     out = trainer.train()
     curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    task = [(h["step"], h["loss_task"]) for h in trainer.state.log_history if "loss_task" in h]  # distillation's
     loss = out.training_loss
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if not math.isfinite(loss) or bad:  # Trainer logs a NaN loss as 0: check the weights too
@@ -81,6 +83,7 @@ def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: s
         "seconds": out.metrics.get("train_runtime"),
         "device": str(args.device),
         "loss_curve": curve,
+        **({"task_loss_curve": task} if task else {}),  # the task loss alone: comparable with plain training
         **({"loss_components": trainer.loss_components} if hasattr(trainer, "loss_components") else {}),
     }
 

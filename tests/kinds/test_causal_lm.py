@@ -54,3 +54,28 @@ def test_wikitext2_zeroshot_sliding_window_without_train_split(tmp_path):
         assert m["tokens"] == 300 and m["stride"] == 32 and m["windows"] == len(lm_windows(301, 128, 32))
     assert r["evaluation"]["windows"].startswith("sliding") and r["evaluation"]["max_eval_tokens"] == 300
     assert r["evaluation"]["sources"]["test"] == str(DATA / "lm" / "wikitext-2-v1" / "test.txt")
+
+
+def test_also_eval_scores_another_corpus_with_the_same_model(tmp_path):
+    """also_eval: WikiText-2's test split scored by the PTB cell's final model, under 'wikitext2:test', exactly as a
+    WikiText-2 cell scores it; the cell id does not change; a task of another kind fails in one line."""
+    lm = ["task.lm.max_eval_tokens=200", "task.lm.context_length=64", "train.max_eval_examples=100"]
+    other = ["+task@also_eval.wikitext2=wikitext2", "also_eval.wikitext2.eval_splits=[test]",
+             "also_eval.wikitext2.lm.max_eval_tokens=150", "also_eval.wikitext2.lm.context_length=32"]  # fmt: skip
+    base = ["model=tiny_gpt2", "scheme=linear", "bits=4", "train.order=zeroshot", *DEBUG, *lm]
+    qbench(tmp_path / "ptb", "task=ptb", "task.eval_splits=[test]", *base, *other)
+    r = record(tmp_path / "ptb")
+    m = r["metrics"]["wikitext2:test"]
+    assert set(r["metrics"]) == {"test", "wikitext2:test"} and r["main_metric"]["split"] == "test"
+    assert m["tokens"] == 150 and m["context_length"] == 32
+    assert m["source"] == str(DATA / "lm" / "wikitext-2-v1" / "test.txt")
+    qbench(tmp_path / "wt2", "task=wikitext2", "task.eval_splits=[test]", *base[:4], *DEBUG,
+           "task.lm.max_eval_tokens=150", "task.lm.context_length=32", "train.max_eval_examples=100")  # fmt: skip
+    alone = record(tmp_path / "wt2")["metrics"]["test"]
+    assert {k: v for k, v in m.items() if k != "source"} == alone  # same model (seeded init), same tokens, same numbers
+    rows = [json.loads(x) for x in (tmp_path / "ptb" / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert sum(x["scored"] for x in rows if x["split"] == "wikitext2:test") == 150
+    qbench(tmp_path / "plain", "task=ptb", "task.eval_splits=[test]", *base)
+    assert record(tmp_path / "plain")["cell_id"] == r["cell_id"]
+    p = qbench(tmp_path / "bad", "task=ptb", *base, "+task@also_eval.sst2=sst2", ok=False)
+    assert p.returncode == 2 and "also_eval.sst2: task sst2 is classification" in p.stderr

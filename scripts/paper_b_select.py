@@ -1,0 +1,41 @@
+"""The choices of scripts/paper_b_smollm2_study.sh, made on training losses only (never on test perplexity):
+--pick lr     the MDS 4-4-8 learning rate (train.qat.lr) whose QAT ends with the lowest mean loss of its last 5 steps;
+--pick best2  the two 4-4-8 configurations (scheme, distill) at --lr with the lowest such loss, one per line.
+With KD + TCD the logged loss is the distillation objective; the comparison uses its task loss (task_loss_curve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def final_task_loss(r: dict, last: int = 5) -> float:
+    """Mean task (cross-entropy) loss of the last `last` logged QAT steps."""
+    qat = r["training"]["qat"]
+    losses = [loss for _, loss in qat.get("task_loss_curve") or qat["loss_curve"]][-last:]
+    return sum(losses) / len(losses)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sweep")
+    ap.add_argument("--pick", choices=("lr", "best2"), required=True)
+    ap.add_argument("--lr", type=float)
+    a = ap.parse_args()
+    cells = []
+    for f in Path(a.sweep).rglob("record.json"):
+        r = json.loads(f.read_text())
+        if r.get("status") != "completed" or r["scheme"]["name"] == "none" or r["scheme"].get("bits") != 4:
+            continue
+        lr, distill = r["config"]["train"]["qat"]["lr"], (r.get("distill") or {}).get("name", "none")
+        cells.append((final_task_loss(r), r["scheme"]["name"], distill, lr))
+    if a.pick == "lr":
+        print(min(c for c in cells if c[1] == "mds" and c[2] == "none")[3])
+    else:
+        for _, scheme, distill, _ in sorted(c for c in cells if abs(c[3] - a.lr) < 1e-12)[:2]:
+            print(scheme, distill)
+
+
+if __name__ == "__main__":
+    main()
