@@ -246,3 +246,41 @@ def test_homogeneity_takes_fp_from_the_fp_records_and_averages_seeds():
     # rte has no FP record: its FP bar is the quantized record's FP part
     assert cos.to_dict() == pytest.approx({("rte", "FP"): 0.2, ("rte", "mds"): 0.9, ("sst2", "FP"): 0.2,
                                            ("sst2", "mds"): 0.6})  # fmt: skip
+
+
+def test_table_values_another_split_and_homogeneity(tmp_path, capsys):
+    """--value metrics.SPLIT.NAME reads that split's metric (also_eval's 'wikitext2:test'), homogeneity.PART.MEASURE
+    the final model's measure (an FP record's own); records without the value are left out; bad paths fail listing
+    the valid forms."""
+    records = [record(0.86, 42, scheme="none"), record(0.80, 42), record(0.78, 1), record(0.70, 42, lr=1e-4)]
+    for r, (ppl, c) in zip(records, ((30.0, 0.2), (40.0, 0.5), (44.0, 0.6), (90.0, 0.9)), strict=True):
+        r["metrics"] = {"validation": {"accuracy": r["main_metric"]["value"]}, "wikitext2:test": {"perplexity": ppl}}
+        r["diagnosis"] = diagnosis(c, r["scheme"]["name"] != "none")
+    write(tmp_path, [*records, record(0.75, 2)])  # an older record: no other split, no diagnosis
+    main(["table", str(tmp_path), "--value", "metrics.wikitext2:test.perplexity"])
+    out = capsys.readouterr().out
+    assert "| sst2 | perplexity | 30.0 | 90.0 | 42.0 ± 2.8 |" in " ".join(out.split()), out
+    main(["table", str(tmp_path), "--value", "homogeneity.last.mean_cosine", "--digits", "2"])
+    out = capsys.readouterr().out
+    assert "| sst2 | mean_cosine | 0.20 | 0.90 | 0.55 ± 0.07 |" in " ".join(out.split()), out
+    for bad in ("metrics.test", "homogeneity.first.mean_cosine", "perplexity"):
+        with pytest.raises(SystemExit) as e:
+            main(["table", str(tmp_path), "--value", bad])
+        assert e.value.code == 2 and "valid: metric, effective_bits, metrics.SPLIT.NAME" in capsys.readouterr().err
+
+
+def test_plot_draws_the_task_loss_curves(tmp_path):
+    """One line per record's last training stage; distillation records contribute their task loss alone."""
+    fp, plain, kd = record(0.86, 42, scheme="none"), record(0.80, 42), record(0.82, 42, lr=1e-4)
+    fp["training"] = {"full_precision": {"loss_curve": [[1, 3.0], [2, 2.5]]}}
+    plain["training"] = {"full_precision": {"loss_curve": [[1, 3.0]]}, "qat": {"loss_curve": [[1, 5.0], [2, 4.0]]}}
+    kd["training"] = {"qat": {"loss_curve": [[1, 9.0], [2, 8.0]], "task_loss_curve": [[1, 4.5], [2, 3.5]]}}
+    write(tmp_path / "records", [fp, plain, kd, record(0.75, 2)])  # the last logged no curve: no line
+    df = load_records([tmp_path / "records"])
+    curves = {r["value"]: r["curves"] for _, r in df.iterrows()}
+    assert curves == {0.86: {"full_precision": [[1, 3.0], [2, 2.5]]}, 0.75: {},
+                      0.80: {"full_precision": [[1, 3.0]], "qat": [[1, 5.0], [2, 4.0]]},
+                      0.82: {"qat": [[1, 4.5], [2, 3.5]]}}  # fmt: skip
+    main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
+    svg = (tmp_path / "study_loss.svg").read_text()
+    assert "sst2: training loss" in svg and "train.lr=0.0001" in svg and "FP" in svg
