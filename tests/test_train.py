@@ -40,6 +40,8 @@ def test_tensorboard_holds_each_stage_loss_and_distillation_parts(tmp_path, data
     assert same_curve(fp["train/loss"], r["training"]["full_precision"]["loss_curve"])
     assert {"train/loss", "train/loss_task", "train/loss_kd", "train/loss_tcd", "train/learning_rate"} <= set(qat)
     assert same_curve(qat["train/loss"], r["training"]["qat"]["loss_curve"])
+    assert same_curve(qat["train/loss_task"], r["training"]["qat"]["task_loss_curve"])  # the task loss alone
+    assert "task_loss_curve" not in r["training"]["full_precision"]  # no distillation there
     mean_kd = sum(v for _, v in qat["train/loss_kd"]) / len(qat["train/loss_kd"])
     assert mean_kd == pytest.approx(r["training"]["qat"]["loss_components"]["kd"], rel=1e-5)
 
