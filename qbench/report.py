@@ -83,7 +83,8 @@ def configuration(r: dict) -> dict:
     """A record's configuration, flattened ({'train.lr': 5e-05, ...}): its resolved config less the seed, the keys
     that never change results (qbench.sweep) and null values (keys added later with a null default), with the data
     source as `data` (hub, mirror, or the task's folder). The full-precision fine-tune is the same model whatever
-    train.order quantizes it later, so FP records drop the order. Records without a config: their own fields."""
+    train.order quantizes it later, so FP records drop the order and the QAT stage's settings (train.qat). Records
+    without a config: their own fields."""
     c, fp = r.get("config"), r["scheme"].get("name") == "none"
     if not isinstance(c, dict):
         return {"model.name": r.get("model"), "task.name": r.get("task"), "train.order": r.get("order"),
@@ -91,7 +92,7 @@ def configuration(r: dict) -> dict:
     d = resolved(c)
     drops = [*EXCLUDED, *BOOKKEEPING, *unused(d, fp), "seed"]
     if fp and (d.get("train") or {}).get("order") != "zeroshot":
-        drops.append("train.order")  # qat, ptq, ft_then_qat: the same FP fine-tune
+        drops += ["train.order", "train.qat"]  # qat, ptq, ft_then_qat: the same FP fine-tune, whatever QAT follows
     for path in drops:
         drop(d, path)
     scheme = d.get("scheme") or {}
@@ -128,8 +129,8 @@ def where(df: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
         if not sep:
             raise QbenchError(f"--where {cond!r}: expected FIELD=VALUE, e.g. order=ptq or train.lr=5e-05")
         keep = field(df, name).map(lambda v, value=value: same(v, value))
-        if name in ("order", "train.order"):
-            keep |= orderless_fp(df)  # the FP fine-tune belongs to every order
+        if name in ("order", "train.order") or name.startswith("train.qat."):
+            keep |= orderless_fp(df)  # the FP fine-tune belongs to every order and every QAT setting
         df = df[keep]
     if df.empty:
         raise QbenchError(f"no record matches --where {' '.join(conditions)}")
@@ -211,6 +212,8 @@ def pivot(df: pd.DataFrame, rows: list[str], cols: list[str]) -> tuple[pd.DataFr
         df["column"] = [column_label(s, b) for s, b in zip(df["scheme"], df["bits"], strict=True)]
     else:
         df["column"] = [" ".join("–" if pd.isna(v) else str(v) for v in r) for r in df[cols].itertuples(index=False)]
+        if "scheme" in cols:  # the FP baseline is one column whatever else the columns show
+            df.loc[df["scheme"] == "none", "column"] = FP
     labels, used = split_labels(df, [*rows, "column"])
     df["column"] += labels
     order = df.assign(fp=df["scheme"] != "none").sort_values(["fp", "scheme", "bits", "column"])["column"].unique()

@@ -163,6 +163,22 @@ def test_the_fp_fine_tune_is_shown_next_to_every_order(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 70.0     |"
 
 
+def test_the_fp_fine_tune_belongs_to_every_qat_setting(tmp_path, capsys):
+    """An FP record written by a sweep at one train.qat.lr is the FP of every QAT learning rate: one FP column, and
+    --where train.qat.lr=... keeps it."""
+    qat = lambda lr: {**TRAIN, "qat": {"lr": lr}}  # noqa: E731
+    write(tmp_path, [record(0.86, 42, scheme="none", train=qat(3e-4)), record(0.80, 42, train=qat(3e-4)),
+                     record(0.70, 42, train=qat(1e-3))])  # fmt: skip
+    main(["table", str(tmp_path), "--where", "train.qat.lr=0.001"])
+    out = capsys.readouterr()
+    assert out.out.splitlines()[2] == "| sst2   | accuracy | 86.0 | 70.0     |" and "train.qat.lr" not in out.err
+    main(["table", str(tmp_path), "--cols", "scheme,train.qat.lr"])
+    assert " ".join(capsys.readouterr().out.split()).startswith(
+        "| task | metric | FP | mds 0.0003 | mds 0.001 | |:-------|:---------|:-----|:-------------|:------------| "
+        "| sst2 | accuracy | 86.0 | 80.0 | 70.0 |"
+    )
+
+
 def test_effective_bits_table_has_the_metric_table_layout(tmp_path, capsys):
     write_records(tmp_path)
     main(["table", str(tmp_path), "--value", "effective_bits", "--digits", "2", "--where", "task=rte"])
