@@ -79,6 +79,9 @@ class LAQQuant(ScaledFakeQuant):
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return w  # straight through
 
+    def grads(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor, grad: torch.Tensor):
+        return grad, None  # straight through; the step is fitted, not learned
+
     @torch.no_grad()
     def set_curvature(self, exp_avg_sq: torch.Tensor, step: int, beta2: float) -> None:
         v_hat = exp_avg_sq / (1 - beta2**step)

@@ -54,3 +54,10 @@ class LSQQuant(ScaledFakeQuant):
         s = step * g + (step - step * g).detach()  # value s, gradient scaled by g
         u = torch.clamp(w / s, -self.qn, self.qp)
         return round_ste(u, k) * s
+
+    def grads(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor, grad: torch.Tensor):
+        u = w / step
+        outside = (u < -self.qn) | (u > self.qp)  # torch.clamp passes the gradient at the bounds themselves
+        gw = grad.masked_fill(outside, 0)
+        gs = (grad * k).sum() - (gw * u).sum()  # dq/ds = k - w/s inside, k (= -Qn or Qp) outside
+        return gw, gs * self.grad_scale

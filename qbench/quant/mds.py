@@ -67,3 +67,11 @@ class MDSQuant(ScaledFakeQuant):
         a, n = self.alpha(w), P.sym_levels(self.bits)
         wc = torch.where(w >= a, a, torch.where(w <= -a, -a, w))
         return round_ste(wc / a * n, k) * (a / n)
+
+    def grads(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor, grad: torch.Tensor):
+        # grad_path's gradients (module docstring): w where |w| < α; dq/dα = k/n - w/α inside, k/n (= ±1) clipped
+        a, n = self.alpha(w).detach(), P.sym_levels(self.bits)
+        clipped = (w >= a) | (w <= -a)
+        gw = grad.masked_fill(clipped, 0)
+        ga = (grad * k).sum() / n - (gw * w).sum() / a
+        return gw, ga * n  # the step is α/n

@@ -60,3 +60,9 @@ class PACTQuant(ScaledFakeQuant):
     def grad_path(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         a = self.alpha.abs()
         return torch.where(w >= a, a, torch.where(w <= -a, -a, w))  # clip: d/dα = ±1 on clipped weights only
+
+    def grads(self, w: torch.Tensor, step: torch.Tensor, k: torch.Tensor, grad: torch.Tensor):
+        a = self.alpha.detach().abs()
+        gw = grad.masked_fill((w >= a) | (w <= -a), 0)
+        ga = ((grad - gw) * w.sign()).sum()  # d clip / dα = sign(w) on the clipped weights (α > 0)
+        return gw, ga * P.sym_levels(self.bits)  # the step is α/n

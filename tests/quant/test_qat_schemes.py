@@ -163,3 +163,38 @@ def test_linear_and_kmeans_accept_embed_and_act_bits():
     assert KMeans(bits=3, embed_bits=4).describe()["wea"] == "3-4-32"
     with pytest.raises(QbenchError, match="act_bits"):
         MDS(bits=2, act_bits=9)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("scheme", [PACT, LSQ, MDS, LAQ])
+def test_closed_form_gradients_equal_autograd_of_grad_path(scheme, bits):
+    """Training runs each scheme's `grads` (one autograd node, int8 levels saved); the reference is autograd through
+    grad_path (fused = False): the same value bit for bit and the same gradients to the latent and the range,
+    with weights placed exactly on the clip and beyond it."""
+    if scheme is LSQ and bits == 1:
+        return  # LSQ has no 1-bit grid
+    g = torch.Generator().manual_seed(bits)
+    w0 = torch.randn(64, 48, generator=g) * 0.05
+    w0[0, :4] = torch.tensor([1.0, -1.0, 0.5, -0.3])  # outliers: clipped by the mse init
+    up = torch.randn(64, 48, generator=g)
+    make = lambda: scheme(bits=bits).parametrization(w0, transposed=False)  # noqa: E731
+    if scheme in (PACT, MDS):  # a weight exactly on the clip α (grad_path's `w >= α` side); α (its init, and MDS's
+        clip = lambda p: float(p.alpha.detach().abs() if scheme is PACT else p.alpha(w0))  # noqa: E731
+        for _ in range(20):  # γ·mean|w|) moves with that weight: iterate to the fixed point
+            w0[1, 0] = clip(make())
+        assert w0[1, 0] == clip(make())
+    out = []
+    for fused in (True, False):
+        p = make()
+        p.fused = fused
+        w = w0.clone().requires_grad_(True)
+        q = p(w)
+        (q * up).sum().backward()
+        learned = [x.grad for x in p.parameters()]
+        out.append((q.detach(), w.grad, learned))
+    (qf, gwf, lf), (qa, gwa, la) = out
+    assert torch.equal(qf, qa)
+    assert torch.allclose(gwf, gwa, rtol=1e-6, atol=1e-7) and (gwf == 0).any() == (scheme is not LAQ)
+    assert len(lf) == len(la) == (0 if scheme is LAQ else 1)
+    for a, b in zip(lf, la, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6) and a.item() != 0
