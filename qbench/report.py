@@ -380,6 +380,8 @@ def loss_plots(df: pd.DataFrame, out: str, plt) -> list[Path]:
         ax.set_title(f"{task}: training loss")
         ax.set_xlabel("step")
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 3, 4, 6, 10: not 6x10^0
+            axis(plt.matplotlib.ticker.FormatStrFormatter("%g"))
         ax.grid(alpha=0.3)
         handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
         ax.legend(handles.values(), handles.keys(), fontsize=7)
