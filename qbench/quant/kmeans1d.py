@@ -148,6 +148,27 @@ class _Runs:
         out[:, 1:] += out[:, :1]
         return out
 
+    def coarse(self, k: int) -> _Runs:
+        """Weighted runs of block means: one point per block of _BLOCK sorted values (weight = its length), except
+        that blocks wider than 1/(_WIDE k) of the value range (sparse tails, outliers) keep their values as points.
+        A clustering of these points is one of the data with the same cluster sums (boundaries fall between
+        blocks), so Lloyd steps on it are exact on the data; they only cost no partial-block sums (s1_at)."""
+        n, xs = self.n, self.xs
+        nb = n // _BLOCK
+        e = np.append(np.arange(0, n, _BLOCK), n)  # (m+1,) block edges
+        s1 = self.s1[e] if self.blocks is None else np.append(self.blocks, self.s1_at(e[nb + 1 :]))
+        spread = xs[_BLOCK - 1 : nb * _BLOCK : _BLOCK] - xs[: nb * _BLOCK : _BLOCK]  # (nb,) full blocks only
+        wide = np.flatnonzero(spread > (float(xs[-1]) - float(xs[0])) / (_WIDE * k))
+        if wide.size:  # prefix sums inside the wide blocks: block prefix + running sums of their values
+            v = xs[wide[:, None] * _BLOCK + np.arange(_BLOCK - 1)].astype(np.float64)  # (w, B-1)
+            s1_in = np.cumsum(v, axis=1) + s1[wide][:, None]
+            e_in = wide[:, None] * _BLOCK + np.arange(1, _BLOCK)
+            order = np.argsort(np.concatenate([e, e_in.ravel()]), kind="stable")
+            e = np.concatenate([e, e_in.ravel()])[order]
+            s1 = np.concatenate([s1, s1_in.ravel()])[order]
+        cnt = np.diff(e).astype(np.float64)
+        return _Runs(np.diff(s1) / cnt, cnt)
+
     def cnt(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (b - a).astype(np.float64) if self.s0 is None else self.s0[b] - self.s0[a]
 
@@ -321,6 +342,7 @@ _NEG = _KEYS >= 0x8000  # sign bit set
 _RANK = np.where(_NEG, 0xFFFF - _KEYS, 0x8000 + _KEYS).astype(np.int64)
 _LOW = np.where(_NEG, (_KEYS << 16) | 0xFFFF, _KEYS << 16).astype(np.uint32).view(np.float32)
 _LITTLE = sys.byteorder == "little"
+_CMP_MIDS = 3  # up to this many midpoints (k <= 4), labels come from one compare pass per midpoint
 
 
 def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
@@ -335,12 +357,18 @@ def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
     n = flat.size
     if mids.size == 0:
         return np.zeros(n, dtype=np.int64)
-    if n < 4096 or flat.dtype != np.float32 or not _LITTLE or not np.isfinite(mids).all():
+    if n < 4096 or flat.dtype != np.float32 or not _LITTLE or not np.isfinite(mids).all() or mids.size > 255:
         return np.searchsorted(mids, flat, side="right")
+    if mids.size <= _CMP_MIDS:  # few midpoints: one compare pass each (uint8 counts) beats any table
+        lab8 = np.zeros(n, dtype=np.uint8)
+        for m in mids:
+            np.add(lab8, flat >= m, out=lab8)
+        return lab8.astype(np.int64)
     cell = mids.view(np.uint32) >> 16
     inside = mids > _LOW[cell]  # the cell also holds values below its midpoint
     r = _RANK[cell] + inside
     lut = np.cumsum(np.bincount(r, minlength=(1 << 16) + 1)[: 1 << 16])[_RANK]  # midpoints <= each cell's lowest
+    lut = lut.astype(np.uint8)  # (labels < 256: gathers of uint8 cost a fraction of int64 ones; widened at the end)
     thr = None
     split = cell[inside]
     pos_zero = bool((mids.view(np.uint32) == 0).any())
@@ -356,8 +384,87 @@ def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
     key = flat.view(np.uint16)[1::2]  # little-endian: the high half of each float32
     lab = np.take(lut, key)
     if thr is not None:
-        lab += flat >= np.take(thr, key)
-    return lab
+        np.add(lab, flat >= np.take(thr, key), out=lab)
+    return lab.astype(np.int64)
+
+
+_COARSE_MIN = 1 << 15  # unweighted inputs of at least this many values are clustered coarse-to-fine (improve=True)
+_WIDE = 64  # blocks wider than 1/(_WIDE k) of the value range are split into their values (Runs.coarse)
+_DP_K = 16  # up to this many clusters, the coarse solve also starts from the optimum of a summary of the data
+_DP_POINTS = 128  # points of that summary (the dynamic programme costs O(k m^2): m^2 = 16k)
+_PD_CELLS = 512  # cells of the density estimate of the Panter-Dite start (k > _DP_K)
+
+
+def _summary_edges(runs: _Runs, m: int) -> np.ndarray:
+    """(<= m+1,) ascending edges (0 ... n) of about m runs of the sorted points: equal-count quantiles merged with
+    the edges of equal-width value cells, so that far outliers keep runs of their own."""
+    q = np.linspace(0, runs.n, m // 2 + 1).astype(np.int64)
+    u = runs.search(np.linspace(runs.xs[0], runs.xs[-1], m // 2 + 1)[1:-1])
+    return np.union1d(q, u)
+
+
+def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
+    """Centroids (k,) of the optimal clustering of a summary of the points into k runs (each summary run moves
+    as a whole), or None if the summary has fewer than k runs. The SSE of a clustering is sum_sq - sum S1^2 / S0
+    over its clusters, so the dynamic programme maximises sum S1^2 / S0: a (m+1, m+1) table per cluster added."""
+    e = _summary_edges(runs, _DP_POINTS)
+    m = e.size - 1
+    if m < k:
+        return None
+    s0 = e.astype(np.float64) if runs.s0 is None else runs.s0[e]
+    s1 = runs.s1_at(e)
+    d0 = s0[None, :] - s0[:, None]  # (m+1, m+1): weight of the summary runs i..j-1
+    d1 = s1[None, :] - s1[:, None]
+    f = np.full(d0.shape, -math.inf)
+    np.divide(d1 * d1, d0, out=f, where=np.triu(d0 > 0, 1))  # f[i, j]: S1^2 / S0 of runs i..j-1, i < j
+    best = f[0].copy()  # best[j]: best sum of S1^2 / S0 of runs 0..j-1 in l clusters
+    cols = np.arange(m + 1)
+    args = []
+    for _ in range(k - 1):
+        tot = best[:, None] + f
+        arg = tot.argmax(0)  # (m+1,) start of the last cluster ending at j
+        best = tot[arg, cols]
+        args.append(arg)
+    b = [m]
+    for arg in reversed(args):
+        b.append(int(arg[b[-1]]))
+    b.append(0)
+    cnt, tot = runs.stats(e[np.array(b[::-1])])
+    return tot / cnt
+
+
+def _pd_start(runs: _Runs, k: int) -> np.ndarray:
+    """Centroids (k,) spaced as an optimal high-resolution quantizer (Panter-Dite): with density proportional to
+    p^(1/3), p estimated on cells between equal-count quantiles and equal-width value steps (empty cells: 0)."""
+    xs = runs.xs
+    q = xs[np.linspace(0, runs.n - 1, _PD_CELLS + 1).astype(np.int64)]
+    v = np.union1d(q.astype(np.float64), np.linspace(xs[0], xs[-1], _PD_CELLS + 1))  # (c+1,) cell edges
+    j = runs.search(v)
+    j[-1] = runs.n
+    mass = runs.cnt(j[:-1], j[1:]) * np.diff(v) ** 2  # p^(1/3) dx = (count / dx)^(1/3) dx
+    g = np.concatenate([[0.0], np.cumsum(np.cbrt(mass))])
+    return np.interp((np.arange(k) + 0.5) / k * g[-1], g, v)
+
+
+def _coarse_to_fine(
+    runs: _Runs, c0: np.ndarray, k: int, max_iter: int, accelerate: bool, window: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """kmeans_1d's improve=True loop on large inputs: cluster the block means (runs.coarse()) from c0 and from a
+    second start (the optimum of a summary for k <= _DP_K, else Panter-Dite), keep the lower SSE, then run the
+    same loop on all the points from there: (centroids, run boundaries, iterations of all loops)."""
+    crs = runs.coarse(k)
+    cw = max(2, window // _BLOCK)  # the pair refinement's window in blocks
+    best, it = None, 0
+    for start in (c0, _dp_start(crs, k) if k <= _DP_K else _pd_start(crs, k)):
+        if start is None:
+            continue
+        c, b, i = _iterate(crs, start, max_iter, True, accelerate, cw)
+        it += i
+        sse = crs.sse(c, b)
+        if best is None or sse < best[0]:
+            best = (sse, c)
+    c, b, i = _iterate(runs, best[1], max_iter, True, accelerate, window)
+    return c, b, it + i
 
 
 def kmeans_1d(
@@ -416,8 +523,11 @@ def kmeans_1d(
     if window is None:  # pair refinement searches ~4k candidate boundaries per sweep (wider windows cost far
         window = max(16, (1 << 12) // k)  # more than they gain: the SSE moves by < 1e-3 on BERT-like tensors)
     c0 = c
-    c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
-    if improve and k <= 16:
+    if improve and w is None and flat.size >= _COARSE_MIN:
+        c, b, it = _coarse_to_fine(runs, c0, k, max_iter, accelerate, window)
+    else:
+        c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
+    if improve and k <= 16 and (w is not None or flat.size < _COARSE_MIN):
         # for small k, moves can lead into a slightly worse basin than the one plain Lloyd reaches from the
         # same start: also run Lloyd with refinement but without moves and keep the lower SSE (at larger k
         # the moves win by far and the second pass would only double the loop's cost)
