@@ -21,6 +21,7 @@ in a table cell (`_labels`), several times faster than a binary search per value
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -396,11 +397,14 @@ _PD_CELLS = 512  # cells of the density estimate of the Panter-Dite start (k > _
 
 
 def _summary_edges(runs: _Runs, m: int) -> np.ndarray:
-    """(<= m+1,) ascending edges (0 ... n) of about m runs of the sorted points: equal-count quantiles merged with
-    the edges of equal-width value cells, so that far outliers keep runs of their own."""
-    q = np.linspace(0, runs.n, m // 2 + 1).astype(np.int64)
+    """(<= 5m/4+1,) ascending edges (0 ... n) of about m runs of the sorted points: equal-count quantiles merged with
+    the edges of equal-width value cells (far outliers keep runs of their own) and log-spaced counts from both ends
+    (the sparse tails, which hold few points but much of the SSE, get runs of a few points)."""
+    n = runs.n
+    q = np.linspace(0, n, m // 2 + 1).astype(np.int64)
     u = runs.search(np.linspace(runs.xs[0], runs.xs[-1], m // 2 + 1)[1:-1])
-    return np.union1d(q, u)
+    g = np.geomspace(1, max(n // 8, 1), m // 8).astype(np.int64)  # log-spaced counts into both tails
+    return np.unique(np.concatenate([q, u, g, n - g]))
 
 
 def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
@@ -433,6 +437,65 @@ def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
     return tot / cnt
 
 
+_VITERBI_HALF = 32  # candidates per boundary in the joint boundary search: 2 * half + 1
+_VITERBI_SHRINK = 8  # grid refinement factor between searches (the new window spans 2 * half / 8 old steps)
+
+
+def _viterbi(runs: _Runs, b: np.ndarray, stride: np.ndarray) -> np.ndarray:
+    """Boundaries (k+1,) maximising sum S1^2 / S0 (the lowest SSE) when every inner boundary b[j] may move to one
+    of b[j] + stride[j] * t, t = -_VITERBI_HALF.._VITERBI_HALF, jointly: a dynamic programme over the k-1 boundaries
+    (layer j: the candidates of b[j]; step j -> j+1: the cluster between them), exact from the prefix sums."""
+    n, k = runs.n, b.size - 1
+    t = np.arange(-_VITERBI_HALF, _VITERBI_HALF + 1)
+    cand = np.clip(b[1:-1, None] + stride[:, None] * t, 0, n)  # (k-1, C)
+    w = cand.astype(np.float64) if runs.s0 is None else runs.s0[cand]
+    v = runs.s1_at(cand)
+    w_end, v_end = float(n if runs.s0 is None else runs.s0[n]), float(runs.s1_at(np.array([n]))[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(w[0] > 0, v[0] ** 2 / w[0], -math.inf)  # (C,) the first cluster [0, cand[0])
+        d0 = w[1:, None, :] - w[:-1, :, None]  # (k-2, C, C): cluster [cand[j, a], cand[j+1, c])
+        d1 = v[1:, None, :] - v[:-1, :, None]
+        f = np.where(d0 > 0, d1 * d1 / d0, -math.inf)
+        last = np.where(w_end > w[-1], (v_end - v[-1]) ** 2 / (w_end - w[-1]), -math.inf)  # (C,)
+    best = first
+    args = []
+    cols = np.arange(t.size)
+    for j in range(k - 2):
+        tot = best[:, None] + f[j]
+        a = tot.argmax(0)
+        args.append(a)
+        best = tot[a, cols]
+    sel = [int((best + last).argmax())]
+    for a in reversed(args):
+        sel.append(int(a[sel[-1]]))
+    out = b.copy()
+    out[1:-1] = cand[np.arange(k - 1), sel[::-1]]
+    return out
+
+
+def _joint_refine(runs: _Runs, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """From centroids c near the optimum (the summary's), the best boundaries found by joint searches on ever finer
+    grids (_viterbi; each boundary's step starts at 1/half of its shorter neighbouring cluster and shrinks by
+    _VITERBI_SHRINK once the boundary ends inside its window), then plain Lloyd steps until a fixed point:
+    (centroids, boundaries, searches + Lloyd steps)."""
+    b = runs.bounds(c)
+    length = np.diff(b)
+    stride = np.maximum(1, np.minimum(length[:-1], length[1:]) // _VITERBI_HALF)  # (k-1,)
+    it = 0
+    while it < max_iter and b.size > 2:
+        it += 1
+        nb = _viterbi(runs, b, stride)
+        inside = np.abs(nb - b)[1:-1] < _VITERBI_HALF * stride
+        b = nb
+        if inside.all() and (stride == 1).all():
+            break
+        stride = np.where(inside, np.maximum(1, stride // _VITERBI_SHRINK), stride)
+    cnt, tot = runs.stats(b)
+    c = _mean(cnt, tot, c)
+    c2, b2, it2 = _iterate(runs, c, max(1, max_iter - it), False, False, 0)
+    return c2, b2, it + it2
+
+
 def _pd_start(runs: _Runs, k: int) -> np.ndarray:
     """Centroids (k,) spaced as an optimal high-resolution quantizer (Panter-Dite): with density proportional to
     p^(1/3), p estimated on cells between equal-count quantiles and equal-width value steps (empty cells: 0)."""
@@ -452,10 +515,17 @@ def _coarse_to_fine(
     """kmeans_1d's improve=True loop on large inputs: cluster the block means (runs.coarse()) from c0 and from a
     second start (the optimum of a summary for k <= _DP_K, else Panter-Dite), keep the lower SSE, then run the
     same loop on all the points from there: (centroids, run boundaries, iterations of all loops)."""
+    if k <= _DP_K and os.environ.get("KM_VIT"):
+        c = _dp_start(runs, k)
+        if c is not None:
+            return _joint_refine(runs, c, max_iter)
     crs = runs.coarse(k)
     cw = max(2, window // _BLOCK)  # the pair refinement's window in blocks
     best, it = None, 0
-    for start in (c0, _dp_start(crs, k) if k <= _DP_K else _pd_start(crs, k)):
+    starts = (c0, _dp_start(crs, k) if k <= _DP_K else _pd_start(crs, k))
+    if os.environ.get("KM_NOLIN"):
+        starts = starts[1:]
+    for start in starts:
         if start is None:
             continue
         c, b, i = _iterate(crs, start, max_iter, True, accelerate, cw)
@@ -463,7 +533,11 @@ def _coarse_to_fine(
         sse = crs.sse(c, b)
         if best is None or sse < best[0]:
             best = (sse, c)
-    c, b, i = _iterate(runs, best[1], max_iter, True, accelerate, window)
+    fi = os.environ.get("KM_FINE")
+    if fi:
+        c, b, i = _iterate(runs, best[1], int(fi), False, accelerate, 0)
+    else:
+        c, b, i = _iterate(runs, best[1], max_iter, True, accelerate, window)
     return c, b, it + i
 
 
