@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -784,23 +785,24 @@ def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     """One split-merge move in each of `rows` where it lowers the SSE (c updated in place); the rows moved."""
     cen = c[rows]
     g, k = cen.shape
-    b = bounds(rows, cen)
+    xr = xs[rows]  # (g, m): the searches need the rows' sorted values; everything else is gathered in place
+    b = bounds(xr, cen)
     a, e = b[:, :-1], b[:, 1:]
-    sr, xr = s1[rows], xs[rows]
     m = xr.shape[1]
+    ri = rows[:, None]
 
     def w_at(i: torch.Tensor) -> torch.Tensor:
-        return i.double() if s0 is None else s0[rows].gather(1, i)
+        return i.double() if s0 is None else s0[ri, i]
 
     cnt = w_at(e) - w_at(a)
-    tot = sr.gather(1, e) - sr.gather(1, a)
+    tot = s1[ri, e] - s1[ri, a]
     mean = torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
     p = torch.searchsorted(xr, mean.float().contiguous())
     p = torch.maximum(torch.minimum(torch.maximum(p, a + 1), e - 1), a)  # in [a, e]
     pv = p.clamp(1, max(m - 1, 1))
     cl, cr = w_at(p) - w_at(a), w_at(e) - w_at(p)
-    sp = sr.gather(1, p)
-    tl, tr = sp - sr.gather(1, a), sr.gather(1, e) - sp
+    sp = s1[ri, p]
+    tl, tr = sp - s1[ri, a], s1[ri, e] - sp
     ok = (e - a >= 2) & (cl > 0) & (cr > 0) & (xr.gather(1, pv - 1) < xr.gather(1, pv))
     ml, mr = tl / torch.where(ok, cl, 1.0), tr / torch.where(ok, cr, 1.0)
     gain = torch.where(ok, cl * cr / torch.where(ok, cl + cr, 1.0) * (ml - mr) ** 2, torch.zeros_like(cl))
@@ -832,6 +834,24 @@ def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     return rows[idx]
 
 
+def _diff1(v: torch.Tensor) -> torch.Tensor:
+    return v[:, 1:] - v[:, :-1]
+
+
+@contextmanager
+def _one_thread():
+    """Run torch single-threaded: the row loop's ops on (rows, k) arrays gain nothing from the intra-op pool, while
+    on a busy machine its threads spin and wait (several times the CPU time of the work itself)."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
 def kmeans_1d_rows(
     x: torch.Tensor,
     k: int,
@@ -860,6 +880,14 @@ def kmeans_1d_rows(
     split at its mean gains most, when that lowers its SSE (both exact from the prefix sums), then runs Lloyd again;
     rounds repeat while some row improves (at most 4k). Every row still ends at a Lloyd fixed point (or max_iter),
     with an SSE no higher than plain Lloyd's from the same init (the result differs from kmeans_1d's moves)."""
+    with _one_thread():
+        return _rows(x, k, init, max_iter, seed, weights, improve)
+
+
+def _rows(
+    x: torch.Tensor, k: int, init: str, max_iter: int, seed: int, weights: torch.Tensor | None, improve: bool
+) -> KMeansResult:
+    """kmeans_1d_rows' work (see there)."""
     x = x.detach()
     if x.dim() != 2 or x.numel() == 0:
         raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
@@ -870,7 +898,7 @@ def kmeans_1d_rows(
     g_all, m = x.shape
     zero = torch.zeros(g_all, 1, dtype=torch.float64)
     if w is None:
-        xs = torch.sort(x, dim=1).values  # (G, m)
+        xs = torch.from_numpy(np.sort(x.numpy(), axis=1))  # (G, m): values only, NumPy's SIMD sort (no indices)
         s0 = None  # run weight = run length
         s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
     else:
@@ -881,39 +909,43 @@ def kmeans_1d_rows(
         del ws, order
     c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
 
-    def bounds(rows: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
-        """(A, k+1) run starts of the centroids cen (A, k) in rows `rows` (points to the nearest, ties right)."""
+    def bounds(xw: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
+        """(A, k+1) run starts of the centroids cen (A, k) in the sorted rows xw (A, m) (nearest, ties right)."""
         mids = _ceil_f32((cen[:, 1:] + cen[:, :-1]) * 0.5)  # (A, k-1)
-        inner = torch.searchsorted(xs[rows], mids)  # number of values strictly below each midpoint
-        a = rows.numel()
+        inner = torch.searchsorted(xw, mids)  # number of values strictly below each midpoint
+        a = xw.shape[0]
         return torch.cat([inner.new_zeros(a, 1), inner, inner.new_full((a, 1), m)], 1)
 
     def means(rows: torch.Tensor, b: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
         """Each run's (weighted) mean (A, k); runs of zero weight (empty ones included) keep their centroid."""
-        if s0 is None:
-            cnt = (b[:, 1:] - b[:, :-1]).double()
-        else:
-            s = s0[rows]
-            cnt = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
-        s = s1[rows]
-        tot = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
-        return torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
+        flat = rows[:, None] * (m + 1) + b  # (A, k+1) flat indices: gathers in place, no copies of whole rows
+        cnt = (b[:, 1:] - b[:, :-1]).double() if s0 is None else _diff1(torch.take(s0, flat))
+        return torch.where(cnt > 0, _diff1(torch.take(s1, flat)) / torch.where(cnt > 0, cnt, 1.0), cen)
 
-    def lloyd(active: torch.Tensor, iters: int) -> None:
-        """Plain Lloyd on rows `active` (c updated in place) until each row's fixed point or `iters` steps."""
-        b_act = bounds(active, c[active])
+    def lloyd(work: torch.Tensor, iters: int) -> None:
+        """Plain Lloyd on rows `work` (c updated in place) until each row's fixed point or `iters` steps.
+
+        Rows at their fixed point stay in the working set until it shrinks by a quarter (then it is compacted, one
+        copy of its sorted rows): a Lloyd step leaves a fixed point bit for bit unchanged, and copying the rows
+        still moving at every step would cost more than the steps."""
+        xw = xs[work]  # (A, m)
+        b_w = bounds(xw, c[work])
+        live = torch.ones(work.numel(), dtype=torch.bool)  # rows not yet at a fixed point
         for it in range(1, iters + 1):
-            if active.numel() == 0:
-                break
-            mean = means(active, b_act, c[active])
-            b_mean = bounds(active, mean)
-            c[active] = mean
-            moved = (b_mean != b_act).any(1)  # rows not yet at a fixed point
+            mean = means(work, b_w, c[work])
+            b_mean = bounds(xw, mean)
+            c[work] = mean
+            live = (b_mean != b_w).any(1)
             if it == iters:  # not converged: one more update step (as kmeans_1d), then the final assignment
-                rows = active[moved]
+                rows = work[live]
                 if rows.numel():
-                    c[rows] = means(rows, b_mean[moved], c[rows])
-            active, b_act = active[moved], b_mean[moved]
+                    c[rows] = means(rows, b_mean[live], c[rows])
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            if n_live <= 0.75 * work.numel():
+                work, xw, b_mean = work[live], xw[live], b_mean[live]
+            b_w = b_mean
 
     lloyd(torch.arange(g_all), max_iter)
     rows = torch.arange(g_all)
