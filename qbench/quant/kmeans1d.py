@@ -155,18 +155,19 @@ class _Runs:
         A clustering of these points is one of the data with the same cluster sums (boundaries fall between
         blocks), so Lloyd steps on it are exact on the data; they only cost no partial-block sums (s1_at)."""
         n, xs = self.n, self.xs
-        nb = n // _BLOCK
+        nb = n // _BLOCK  # full blocks
         e = np.append(np.arange(0, n, _BLOCK), n)  # (m+1,) block edges
         s1 = self.s1[e] if self.blocks is None else np.append(self.blocks, self.s1_at(e[nb + 1 :]))
-        spread = xs[_BLOCK - 1 : nb * _BLOCK : _BLOCK] - xs[: nb * _BLOCK : _BLOCK]  # (nb,) full blocks only
-        wide = np.flatnonzero(spread > (float(xs[-1]) - float(xs[0])) / (_WIDE * k))
+        last = xs[np.minimum(e[1:], n) - 1]  # (blocks,) each block's last value (the final block may be short)
+        wide = np.flatnonzero(last - xs[e[:-1]] > (float(xs[-1]) - float(xs[0])) / (_WIDE * k))
         if wide.size:  # prefix sums inside the wide blocks: block prefix + running sums of their values
-            v = xs[wide[:, None] * _BLOCK + np.arange(_BLOCK - 1)].astype(np.float64)  # (w, B-1)
-            s1_in = np.cumsum(v, axis=1) + s1[wide][:, None]
-            e_in = wide[:, None] * _BLOCK + np.arange(1, _BLOCK)
-            order = np.argsort(np.concatenate([e, e_in.ravel()]), kind="stable")
-            e = np.concatenate([e, e_in.ravel()])[order]
-            s1 = np.concatenate([s1, s1_in.ravel()])[order]
+            e_in = wide[:, None] * _BLOCK + np.arange(1, _BLOCK)  # (w, B-1) inner edges (past n in a short block)
+            v = xs[np.minimum(e_in - 1, n - 1)].astype(np.float64)
+            s1_in = (np.cumsum(v, axis=1) + s1[wide][:, None])[e_in < n]
+            e_in = e_in[e_in < n]
+            order = np.argsort(np.concatenate([e, e_in]), kind="stable")
+            e = np.concatenate([e, e_in])[order]
+            s1 = np.concatenate([s1, s1_in])[order]
         cnt = np.diff(e).astype(np.float64)
         return _Runs(np.diff(s1) / cnt, cnt)
 
