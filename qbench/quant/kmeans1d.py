@@ -410,33 +410,33 @@ def _summary_edges(runs: _Runs, m: int) -> np.ndarray:
 
 
 def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
-    """Centroids (k,) of the optimal clustering of a summary of the points into k runs (each summary run moves
+    """Boundaries (k+1,) of the optimal clustering of a summary of the points into k runs (each summary run moves
     as a whole), or None if the summary has fewer than k runs. The SSE of a clustering is sum_sq - sum S1^2 / S0
-    over its clusters, so the dynamic programme maximises sum S1^2 / S0: a (m+1, m+1) table per cluster added."""
+    over its clusters, so the dynamic programme maximises sum S1^2 / S0: one (m+1, m+1) table pass per cluster."""
     e = _summary_edges(runs, _DP_POINTS)
     m = e.size - 1
     if m < k:
         return None
     s0 = e.astype(np.float64) if runs.s0 is None else runs.s0[e]
     s1 = runs.s1_at(e)
-    d0 = s0[None, :] - s0[:, None]  # (m+1, m+1): weight of the summary runs i..j-1
-    d1 = s1[None, :] - s1[:, None]
-    f = np.full(d0.shape, -math.inf)
-    np.divide(d1 * d1, d0, out=f, where=np.triu(d0 > 0, 1))  # f[i, j]: S1^2 / S0 of runs i..j-1, i < j
-    best = f[0].copy()  # best[j]: best sum of S1^2 / S0 of runs 0..j-1 in l clusters
-    cols = np.arange(m + 1)
+    d0 = s0[:, None] - s0[None, :]  # (m+1, m+1) [j, i]: weight of the summary runs i..j-1 (rows: contiguous maxima)
+    d1 = s1[:, None] - s1[None, :]
+    g = np.full(d0.shape, -math.inf)
+    np.divide(d1 * d1, d0, out=g, where=d0 > 0)  # g[j, i]: S1^2 / S0 of runs i..j-1 (i < j; -inf: no such run)
+    best = g[:, 0].copy()  # best[j]: the best sum of S1^2 / S0 of runs 0..j-1 in l clusters (l = 1 here)
+    rows = np.arange(m + 1)
+    tot = np.empty_like(g)
     args = []
     for _ in range(k - 1):
-        tot = best[:, None] + f
-        arg = tot.argmax(0)  # (m+1,) start of the last cluster ending at j
-        best = tot[arg, cols]
+        np.add(g, best, out=tot)  # tot[j, i]: runs 0..i-1 in l clusters, then i..j-1 in one
+        arg = tot.argmax(1)  # (m+1,) start of the last cluster ending at j
+        best = tot[rows, arg]
         args.append(arg)
     b = [m]
     for arg in reversed(args):
         b.append(int(arg[b[-1]]))
     b.append(0)
-    cnt, tot = runs.stats(e[np.array(b[::-1])])
-    return tot / cnt
+    return e[np.array(b[::-1])]
 
 
 _VITERBI_HALF = 16  # candidates per boundary in the joint boundary search: 2 * half + 1
@@ -475,12 +475,11 @@ def _viterbi(runs: _Runs, b: np.ndarray, stride: np.ndarray) -> np.ndarray:
     return out
 
 
-def _joint_refine(runs: _Runs, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """From centroids c near the optimum (the summary's), the best boundaries found by joint searches on ever finer
-    grids (_viterbi; each boundary's step starts at 1/half of its shorter neighbouring cluster and shrinks by
+def _joint_refine(runs: _Runs, b: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """From boundaries b (k+1,) near the optimum (the summary's), the best boundaries found by joint searches on
+    ever finer grids (_viterbi; each boundary's step starts at 1/half of the shorter run it borders, and shrinks by
     _VITERBI_SHRINK once the boundary ends inside its window), then plain Lloyd steps until a fixed point:
     (centroids, boundaries, searches + Lloyd steps)."""
-    b = runs.bounds(c)
     length = np.diff(b)
     stride = np.maximum(1, np.minimum(length[:-1], length[1:]) // _VITERBI_HALF)  # (k-1,)
     it = 0
@@ -493,7 +492,7 @@ def _joint_refine(runs: _Runs, c: np.ndarray, max_iter: int) -> tuple[np.ndarray
             break
         stride = np.where(inside, np.maximum(1, stride // _VITERBI_SHRINK), stride)
     cnt, tot = runs.stats(b)
-    c = _mean(cnt, tot, c)
+    c = tot / np.maximum(cnt, 1)
     c2, b2, it2 = _iterate(runs, c, max(1, max_iter - it), False, False, 0)
     return c2, b2, it + it2
 
@@ -521,9 +520,9 @@ def _solve_large(
     Larger k: the Lloyd loop with moves on the block means (runs.coarse) from a Panter-Dite start, then at most
     _FINE_ITERS plain Lloyd steps on all the points (the block means' fixed point is a few points off)."""
     if k <= _DP_K:
-        c = _dp_start(runs, k)
-        if c is not None:
-            return _joint_refine(runs, c, max_iter)
+        b = _dp_start(runs, k)
+        if b is not None:
+            return _joint_refine(runs, b, max_iter)
     crs = runs.coarse(k)
     c, _, it = _iterate(crs, _pd_start(crs, k), max_iter, True, accelerate, max(2, window // _BLOCK))
     c, b, it2 = _iterate(runs, c, min(max_iter, _FINE_ITERS), False, accelerate, 0)

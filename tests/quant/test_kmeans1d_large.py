@@ -56,9 +56,9 @@ def test_dp_start_is_the_optimum_when_the_summary_holds_every_point():
     runs = K._Runs(np.sort(x.numpy()), None)
     assert K._summary_edges(runs, K._DP_POINTS).tolist() == list(range(41))
     for k in (2, 4, 7):
-        c = K._dp_start(runs, k)
+        cnt, tot = runs.stats(K._dp_start(runs, k))
         ref = kmeans_1d_dp(x, k)
-        np.testing.assert_allclose(c, ref.centroids.double().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(tot / cnt, ref.centroids.double().numpy(), rtol=1e-6)
 
 
 def test_summary_edges_isolate_outliers_and_tails():
