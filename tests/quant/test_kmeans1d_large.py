@@ -50,6 +50,19 @@ def test_viterbi_is_exact_within_its_windows(seed):
         assert tuple(b[1:-1].tolist()) == cuts
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_viterbi_on_weighted_points_is_the_weighted_optimum(seed):
+    """The block means are weighted points: windows covering every point give kmeans_1d_dp's weighted optimum."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.sort(torch.randn(12, generator=g, dtype=torch.float64) ** 3).values
+    w = torch.rand(12, generator=g, dtype=torch.float64) * 5 + 0.5
+    runs = K._Runs(x.numpy(), w.numpy())
+    for k in (2, 3, 4):
+        b = K._viterbi(runs, np.linspace(0, 12, k + 1).astype(np.int64), np.ones(k - 1, dtype=np.int64))
+        cnt, tot = runs.stats(b)
+        assert runs.sum_sq - K._fit(tot / cnt, cnt, tot) == pytest.approx(kmeans_1d_dp(x, k, w).sse, rel=1e-9)
+
+
 def test_dp_start_is_the_optimum_when_the_summary_holds_every_point():
     """Fewer points than summary runs: the summary is the data, so its optimum is kmeans_1d_dp's."""
     x = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
