@@ -15,6 +15,16 @@ NumPy calls and one or two searches of k values in the sorted data, so tens of m
 torch dispatch. Labels in input order come from a table over the value range plus one compare pass per boundary
 in a table cell (`_labels`), several times faster than a binary search per value (torch.bucketize).
 
+Large unweighted inputs (>= _COARSE_MIN values, improve=True) are searched from starts of their own instead of
+`init` (_solve_large), because the loop's cost is its number of iterations (~50-100 us each, whatever n):
+- k <= 16: the optimum of a ~150-run summary of the sorted values (equal-count, equal-width and log-spaced tail
+  runs; a dynamic programme on a (m, m) table), then joint searches of all k-1 boundaries over candidate grids that
+  shrink 8x a search (a Viterbi pass over the boundaries, exact from the prefix sums) until no boundary moves on
+  the one-point grid, then a Lloyd fixed-point check: the optimum on MiniLM's tensors, in ~5 searches;
+- k > 16: the loop above on block means (one weighted point per 32 sorted values, outlier blocks split into their
+  values) from a Panter-Dite start (centroid density ~ p^(1/3)), 4 joint boundary searches there, then at most 15
+  plain Lloyd steps on all values.
+
 `kmeans_1d_dp` is the exact optimum (dynamic programming over the sorted values, O(k n^2)) for small inputs.
 """
 
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +87,7 @@ def _kmeanspp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.tensor(sorted(c), dtype=torch.float64)
 
 
-_CHUNK = 1 << 20  # elements per chunk of the float64 sum of squares (stays in cache, no n-sized float64 copy)
+_CHUNK = 1 << 16  # elements per chunk of float64 sums (stays in cache, no n-sized float64 copy)
 
 
 def _prefix(v: np.ndarray) -> np.ndarray:
@@ -94,6 +105,23 @@ def _sum_sq(xs: np.ndarray, w: np.ndarray | None) -> float:
         x = xs[i : i + _CHUNK].astype(np.float64)
         total += float(np.einsum("i,i->", x, x) if w is None else np.einsum("i,i,i->", w[i : i + _CHUNK], x, x))
     return total
+
+
+def _block_stats(xs: np.ndarray) -> tuple[np.ndarray, float]:
+    """(float64 sums (nb,) of the nb full blocks of _BLOCK values of xs, float64 sum of squares of all of xs).
+
+    One pass in chunks that stay in cache: each chunk converted to float64 once, then einsum's SIMD loops for the
+    row sums and the squares (several times faster than a float64 reduction of float32 rows of 32)."""
+    nb = xs.size // _BLOCK
+    sums = np.empty(nb)
+    total = 0.0
+    for i in range(0, xs.size, _CHUNK):  # _CHUNK is a multiple of _BLOCK: chunks start at block edges
+        x = xs[i : i + _CHUNK].astype(np.float64)
+        total += float(np.einsum("i,i->", x, x))
+        full = min(x.size, nb * _BLOCK - i) // _BLOCK  # full blocks in this chunk
+        if full > 0:
+            np.einsum("ij->i", x[: full * _BLOCK].reshape(full, _BLOCK), out=sums[i // _BLOCK : i // _BLOCK + full])
+    return sums, total
 
 
 _BLOCK = 32  # values per block of the blocked prefix sums
@@ -116,14 +144,14 @@ class _Runs:
         self.s0 = None if w is None else _prefix(w)  # None: s0[j] = j
         self.blocks = None
         if w is None and xs.size >= _BLOCKED_MIN:
-            nb = xs.size // _BLOCK
-            self.blocks = np.empty(nb + 1)
+            sums, self.sum_sq = _block_stats(xs)
+            self.blocks = np.empty(sums.size + 1)
             self.blocks[0] = 0.0
-            np.cumsum(xs[: nb * _BLOCK].reshape(nb, _BLOCK).sum(1, dtype=np.float64), out=self.blocks[1:])
+            np.cumsum(sums, out=self.blocks[1:])
             self.s1 = None
         else:
             self.s1 = _prefix(xs if w is None else w * xs)
-        self.sum_sq = _sum_sq(xs, w)
+            self.sum_sq = _sum_sq(xs, w)
 
     def s1_at(self, j: np.ndarray) -> np.ndarray:
         """Prefix sums (float64) at indices j (any shape, 0 <= j <= n)."""
@@ -147,6 +175,28 @@ class _Runs:
         np.cumsum(v, axis=1, out=out[:, 1:])
         out[:, 1:] += out[:, :1]
         return out
+
+    def coarse(self, k: int) -> _Runs:
+        """Weighted runs of block means: one point per block of _BLOCK sorted values (weight = its length), except
+        that blocks wider than 1/(_WIDE k) of the value range (sparse tails, outliers) keep their values as points.
+        A clustering of these points is one of the data with the same cluster sums (boundaries fall between
+        blocks), so Lloyd steps on it are exact on the data; they only cost no partial-block sums (s1_at)."""
+        n, xs = self.n, self.xs
+        nb = n // _BLOCK  # full blocks
+        e = np.append(np.arange(0, n, _BLOCK), n)  # (m+1,) block edges
+        s1 = self.s1[e] if self.blocks is None else np.append(self.blocks, self.s1_at(e[nb + 1 :]))
+        last = xs[np.minimum(e[1:], n) - 1]  # (blocks,) each block's last value (the final block may be short)
+        wide = np.flatnonzero(last - xs[e[:-1]] > (float(xs[-1]) - float(xs[0])) / (_WIDE * k))
+        if wide.size:  # prefix sums inside the wide blocks: block prefix + running sums of their values
+            e_in = wide[:, None] * _BLOCK + np.arange(1, _BLOCK)  # (w, B-1) inner edges (past n in a short block)
+            v = xs[np.minimum(e_in - 1, n - 1)].astype(np.float64)
+            s1_in = (np.cumsum(v, axis=1) + s1[wide][:, None])[e_in < n]
+            e_in = e_in[e_in < n]
+            order = np.argsort(np.concatenate([e, e_in]), kind="stable")
+            e = np.concatenate([e, e_in])[order]
+            s1 = np.concatenate([s1, s1_in])[order]
+        cnt = np.diff(e).astype(np.float64)
+        return _Runs(np.diff(s1) / cnt, cnt)
 
     def cnt(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (b - a).astype(np.float64) if self.s0 is None else self.s0[b] - self.s0[a]
@@ -321,6 +371,7 @@ _NEG = _KEYS >= 0x8000  # sign bit set
 _RANK = np.where(_NEG, 0xFFFF - _KEYS, 0x8000 + _KEYS).astype(np.int64)
 _LOW = np.where(_NEG, (_KEYS << 16) | 0xFFFF, _KEYS << 16).astype(np.uint32).view(np.float32)
 _LITTLE = sys.byteorder == "little"
+_CMP_MIDS = 3  # up to this many midpoints (k <= 4), labels come from one compare pass per midpoint
 
 
 def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
@@ -335,12 +386,18 @@ def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
     n = flat.size
     if mids.size == 0:
         return np.zeros(n, dtype=np.int64)
-    if n < 4096 or flat.dtype != np.float32 or not _LITTLE or not np.isfinite(mids).all():
+    if n < 4096 or flat.dtype != np.float32 or not _LITTLE or not np.isfinite(mids).all() or mids.size > 255:
         return np.searchsorted(mids, flat, side="right")
+    if mids.size <= _CMP_MIDS:  # few midpoints: one compare pass each (uint8 counts) beats any table
+        lab8 = np.zeros(n, dtype=np.uint8)
+        for m in mids:
+            np.add(lab8, flat >= m, out=lab8)
+        return lab8.astype(np.int64)
     cell = mids.view(np.uint32) >> 16
     inside = mids > _LOW[cell]  # the cell also holds values below its midpoint
     r = _RANK[cell] + inside
     lut = np.cumsum(np.bincount(r, minlength=(1 << 16) + 1)[: 1 << 16])[_RANK]  # midpoints <= each cell's lowest
+    lut = lut.astype(np.uint8)  # (labels < 256: gathers of uint8 cost a fraction of int64 ones; widened at the end)
     thr = None
     split = cell[inside]
     pos_zero = bool((mids.view(np.uint32) == 0).any())
@@ -356,8 +413,157 @@ def _labels(flat: np.ndarray, xs: np.ndarray, mids: np.ndarray) -> np.ndarray:
     key = flat.view(np.uint16)[1::2]  # little-endian: the high half of each float32
     lab = np.take(lut, key)
     if thr is not None:
-        lab += flat >= np.take(thr, key)
-    return lab
+        np.add(lab, flat >= np.take(thr, key), out=lab)
+    return lab.astype(np.int64)
+
+
+_COARSE_MIN = 1 << 15  # unweighted inputs of at least this many values are clustered coarse-to-fine (improve=True)
+_WIDE = 64  # blocks wider than 1/(_WIDE k) of the value range are split into their values (Runs.coarse)
+_DP_K = 16  # up to this many clusters, the coarse solve also starts from the optimum of a summary of the data
+_DP_POINTS = 128  # points of that summary (the dynamic programme costs O(k m^2): m^2 = 16k)
+_COARSE_ITERS = 50  # Lloyd steps (with moves) on the block means (k > _DP_K)
+_LARGE_SEARCHES, _LARGE_HALF = 4, 8  # joint boundary searches on the block means after that loop (k > _DP_K)
+_FINE_ITERS = 15  # Lloyd steps on all the points after the block means' solution (k > _DP_K)
+_PD_CELLS = 512  # cells of the density estimate of the Panter-Dite start (k > _DP_K)
+
+
+def _summary_edges(runs: _Runs, m: int) -> np.ndarray:
+    """(<= 5m/4+1,) ascending edges (0 ... n) of about m runs of the sorted points: equal-count quantiles merged with
+    the edges of equal-width value cells (far outliers keep runs of their own) and log-spaced counts from both ends
+    (the sparse tails, which hold few points but much of the SSE, get runs of a few points)."""
+    n = runs.n
+    q = np.linspace(0, n, m // 2 + 1).astype(np.int64)
+    u = runs.search(np.linspace(runs.xs[0], runs.xs[-1], m // 2 + 1)[1:-1])
+    g = np.geomspace(1, max(n // 8, 1), m // 8).astype(np.int64)  # log-spaced counts into both tails
+    return np.unique(np.concatenate([q, u, g, n - g]))
+
+
+def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
+    """Boundaries (k+1,) of the optimal clustering of a summary of the points into k runs (each summary run moves
+    as a whole), or None if the summary has fewer than k runs. The SSE of a clustering is sum_sq - sum S1^2 / S0
+    over its clusters, so the dynamic programme maximises sum S1^2 / S0: one (m+1, m+1) table pass per cluster."""
+    e = _summary_edges(runs, _DP_POINTS)
+    m = e.size - 1
+    if m < k:
+        return None
+    s0 = e.astype(np.float64) if runs.s0 is None else runs.s0[e]
+    s1 = runs.s1_at(e)
+    d0 = s0[:, None] - s0[None, :]  # (m+1, m+1) [j, i]: weight of the summary runs i..j-1 (rows: contiguous maxima)
+    d1 = s1[:, None] - s1[None, :]
+    g = np.full(d0.shape, -math.inf)
+    np.divide(d1 * d1, d0, out=g, where=d0 > 0)  # g[j, i]: S1^2 / S0 of runs i..j-1 (i < j; -inf: no such run)
+    best = g[:, 0].copy()  # best[j]: the best sum of S1^2 / S0 of runs 0..j-1 in l clusters (l = 1 here)
+    rows = np.arange(m + 1)
+    tot = np.empty_like(g)
+    args = []
+    for _ in range(k - 1):
+        np.add(g, best, out=tot)  # tot[j, i]: runs 0..i-1 in l clusters, then i..j-1 in one
+        arg = tot.argmax(1)  # (m+1,) start of the last cluster ending at j
+        best = tot[rows, arg]
+        args.append(arg)
+    b = [m]
+    for arg in reversed(args):
+        b.append(int(arg[b[-1]]))
+    b.append(0)
+    return e[np.array(b[::-1])]
+
+
+_VITERBI_HALF = 16  # candidates per boundary in the joint boundary search: 2 * half + 1
+_VITERBI_SHRINK = 8  # grid refinement factor between searches (the new window spans 2 * half / 8 old steps)
+
+
+def _viterbi(runs: _Runs, b: np.ndarray, stride: np.ndarray, half: int = _VITERBI_HALF) -> np.ndarray:
+    """Boundaries (k+1,) maximising sum S1^2 / S0 (the lowest SSE) when every inner boundary b[j] may move to one
+    of b[j] + stride[j] * t, t = -half..half, jointly: a dynamic programme over the k-1 boundaries
+    (layer j: the candidates of b[j]; step j -> j+1: the cluster between them), exact from the prefix sums."""
+    n, k = runs.n, b.size - 1
+    t = np.arange(-half, half + 1)
+    cand = np.clip(b[1:-1, None] + stride[:, None] * t, 0, n)  # (k-1, C)
+    w = cand.astype(np.float64) if runs.s0 is None else runs.s0[cand]
+    v = runs.s1_at(cand)
+    w_end, v_end = float(n if runs.s0 is None else runs.s0[n]), float(runs.s1_at(np.array([n]))[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(w[0] > 0, v[0] ** 2 / w[0], -math.inf)  # (C,) the first cluster [0, cand[0])
+        d0 = w[1:, None, :] - w[:-1, :, None]  # (k-2, C, C): cluster [cand[j, a], cand[j+1, c])
+        d1 = v[1:, None, :] - v[:-1, :, None]
+        f = np.where(d0 > 0, d1 * d1 / d0, -math.inf)
+        last = np.where(w_end > w[-1], (v_end - v[-1]) ** 2 / (w_end - w[-1]), -math.inf)  # (C,)
+    best = first
+    args = []
+    cols = np.arange(t.size)
+    for j in range(k - 2):
+        tot = best[:, None] + f[j]
+        a = tot.argmax(0)
+        args.append(a)
+        best = tot[a, cols]
+    sel = [int((best + last).argmax())]
+    for a in reversed(args):
+        sel.append(int(a[sel[-1]]))
+    out = b.copy()
+    out[1:-1] = cand[np.arange(k - 1), sel[::-1]]
+    return out
+
+
+def _joint_refine(
+    runs: _Runs, b: np.ndarray, max_iter: int, half: int = _VITERBI_HALF, lloyd: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """From boundaries b (k+1,) near the optimum, the best boundaries found by joint searches on ever finer grids
+    (_viterbi; each boundary's step starts at 1/half of the shorter run it borders, and shrinks by _VITERBI_SHRINK
+    once the boundary ends inside its window; at most max_iter searches), then plain Lloyd steps (at most `lloyd`,
+    default max_iter) towards a fixed point: (centroids, boundaries, searches + Lloyd steps)."""
+    length = np.diff(b)
+    stride = np.maximum(1, np.minimum(length[:-1], length[1:]) // half)  # (k-1,)
+    it = 0
+    while it < max_iter and b.size > 2:
+        it += 1
+        nb = _viterbi(runs, b, stride, half)
+        inside = np.abs(nb - b)[1:-1] < half * stride
+        b = nb
+        if inside.all() and (stride == 1).all():
+            break
+        stride = np.where(inside, np.maximum(1, stride // _VITERBI_SHRINK), stride)
+    cnt, tot = runs.stats(b)
+    c = tot / np.maximum(cnt, 1)
+    c2, b2, it2 = _iterate(runs, c, max(1, max_iter - it if lloyd is None else lloyd), False, False, 0)
+    return c2, b2, it + it2
+
+
+def _pd_start(runs: _Runs, k: int) -> np.ndarray:
+    """Centroids (k,) spaced as an optimal high-resolution quantizer (Panter-Dite): with density proportional to
+    p^(1/3), p estimated on cells between equal-count quantiles and equal-width value steps (empty cells: 0)."""
+    xs = runs.xs
+    q = xs[np.linspace(0, runs.n - 1, _PD_CELLS + 1).astype(np.int64)]
+    v = np.union1d(q.astype(np.float64), np.linspace(xs[0], xs[-1], _PD_CELLS + 1))  # (c+1,) cell edges
+    j = runs.search(v)
+    j[-1] = runs.n
+    mass = runs.cnt(j[:-1], j[1:]) * np.diff(v) ** 2  # p^(1/3) dx = (count / dx)^(1/3) dx
+    g = np.concatenate([[0.0], np.cumsum(np.cbrt(mass))])
+    return np.interp((np.arange(k) + 0.5) / k * g[-1], g, v)
+
+
+def _solve_large(
+    runs: _Runs, k: int, max_iter: int, accelerate: bool, window: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """kmeans_1d's improve=True search on large unweighted inputs: (centroids, run boundaries, iterations).
+
+    k <= _DP_K: the optimum of a summary of the data (_dp_start), then joint boundary searches on all the points
+    (_joint_refine): the optimum, or a point next to it (0.00 % above kmeans1d's on MiniLM's tensors).
+    Larger k: the Lloyd loop with moves on the block means (runs.coarse) from a Panter-Dite start (at most
+    _COARSE_ITERS steps), _LARGE_SEARCHES joint boundary searches there, then at most _FINE_ITERS plain Lloyd steps
+    on all the points (the block means' solution is a few points off a fixed point of the data)."""
+    if k <= _DP_K:
+        b = _dp_start(runs, k)
+        if b is not None:
+            return _joint_refine(runs, b, max_iter)
+    crs = runs.coarse(k)
+    c, b, it = _iterate(
+        crs, _pd_start(crs, k), min(max_iter, _COARSE_ITERS), True, accelerate, max(2, window // _BLOCK)
+    )
+    # moves and Lloyd stop at a local optimum that joint boundary searches still improve by ~1-3 % at k = 256
+    c, b, it3 = _joint_refine(crs, b, _LARGE_SEARCHES, _LARGE_HALF, 0)
+    it += it3
+    c, b, it2 = _iterate(runs, c, min(max_iter, _FINE_ITERS), False, accelerate, 0)
+    return c, b, it + it2
 
 
 def kmeans_1d(
@@ -380,6 +586,9 @@ def kmeans_1d(
 
     Stops when no boundary moves and no move helps, or after max_iter iterations. The SSE never rises.
     Deterministic for a given seed. With improve=False it is plain Lloyd (empty clusters keep their centroid).
+
+    Unweighted inputs of at least _COARSE_MIN (32768) values with improve=True do not start from `init` (it is
+    still validated): _solve_large's own starts (module docstring) reach a lower SSE in far fewer iterations.
     """
     flat_t = x.detach().reshape(-1)
     if not flat_t.is_floating_point() or flat_t.dtype in (torch.float16, torch.bfloat16):
@@ -407,17 +616,22 @@ def kmeans_1d(
     if not (np.isfinite(xs[0]) and np.isfinite(xs[-1])):
         raise ValueError("kmeans_1d: input has NaN or infinite values")
     runs = _Runs(xs, w)
-    if isinstance(init, torch.Tensor):
-        c = np.sort(init.detach().reshape(-1).double().cpu().numpy())
-    else:
-        c = init_centroids(torch.from_numpy(xs), k, init, seed).numpy()
-    if c.size != k:
-        raise ValueError(f"kmeans_1d: init has {c.size} centroids, expected k={k}")
     if window is None:  # pair refinement searches ~4k candidate boundaries per sweep (wider windows cost far
         window = max(16, (1 << 12) // k)  # more than they gain: the SSE moves by < 1e-3 on BERT-like tensors)
-    c0 = c
-    c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
-    if improve and k <= 16:
+    large = improve and w is None and flat.size >= _COARSE_MIN  # searched from its own starts (_solve_large)
+    if isinstance(init, torch.Tensor):
+        c0 = np.sort(init.detach().reshape(-1).double().cpu().numpy())
+    elif large and init in INITS:
+        c0 = np.zeros(k)  # not used
+    else:
+        c0 = init_centroids(torch.from_numpy(xs), k, init, seed).numpy()
+    if c0.size != k:
+        raise ValueError(f"kmeans_1d: init has {c0.size} centroids, expected k={k}")
+    if large:
+        c, b, it = _solve_large(runs, k, max_iter, accelerate, window)
+    else:
+        c, b, it = _iterate(runs, c0, max_iter, improve, accelerate, window)
+    if improve and k <= 16 and not large:
         # for small k, moves can lead into a slightly worse basin than the one plain Lloyd reaches from the
         # same start: also run Lloyd with refinement but without moves and keep the lower SSE (at larger k
         # the moves win by far and the second pass would only double the loop's cost)
@@ -611,23 +825,24 @@ def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     """One split-merge move in each of `rows` where it lowers the SSE (c updated in place); the rows moved."""
     cen = c[rows]
     g, k = cen.shape
-    b = bounds(rows, cen)
+    xr = xs[rows]  # (g, m): the searches need the rows' sorted values; everything else is gathered in place
+    b = bounds(xr, cen)
     a, e = b[:, :-1], b[:, 1:]
-    sr, xr = s1[rows], xs[rows]
     m = xr.shape[1]
+    ri = rows[:, None]
 
     def w_at(i: torch.Tensor) -> torch.Tensor:
-        return i.double() if s0 is None else s0[rows].gather(1, i)
+        return i.double() if s0 is None else s0[ri, i]
 
     cnt = w_at(e) - w_at(a)
-    tot = sr.gather(1, e) - sr.gather(1, a)
+    tot = s1[ri, e] - s1[ri, a]
     mean = torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
     p = torch.searchsorted(xr, mean.float().contiguous())
     p = torch.maximum(torch.minimum(torch.maximum(p, a + 1), e - 1), a)  # in [a, e]
     pv = p.clamp(1, max(m - 1, 1))
     cl, cr = w_at(p) - w_at(a), w_at(e) - w_at(p)
-    sp = sr.gather(1, p)
-    tl, tr = sp - sr.gather(1, a), sr.gather(1, e) - sp
+    sp = s1[ri, p]
+    tl, tr = sp - s1[ri, a], s1[ri, e] - sp
     ok = (e - a >= 2) & (cl > 0) & (cr > 0) & (xr.gather(1, pv - 1) < xr.gather(1, pv))
     ml, mr = tl / torch.where(ok, cl, 1.0), tr / torch.where(ok, cr, 1.0)
     gain = torch.where(ok, cl * cr / torch.where(ok, cl + cr, 1.0) * (ml - mr) ** 2, torch.zeros_like(cl))
@@ -659,6 +874,24 @@ def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     return rows[idx]
 
 
+def _diff1(v: torch.Tensor) -> torch.Tensor:
+    return v[:, 1:] - v[:, :-1]
+
+
+@contextmanager
+def _one_thread():
+    """Run torch single-threaded: the row loop's ops on (rows, k) arrays gain nothing from the intra-op pool, while
+    on a busy machine its threads spin and wait (several times the CPU time of the work itself)."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
 def kmeans_1d_rows(
     x: torch.Tensor,
     k: int,
@@ -687,6 +920,14 @@ def kmeans_1d_rows(
     split at its mean gains most, when that lowers its SSE (both exact from the prefix sums), then runs Lloyd again;
     rounds repeat while some row improves (at most 4k). Every row still ends at a Lloyd fixed point (or max_iter),
     with an SSE no higher than plain Lloyd's from the same init (the result differs from kmeans_1d's moves)."""
+    with _one_thread():
+        return _rows(x, k, init, max_iter, seed, weights, improve)
+
+
+def _rows(
+    x: torch.Tensor, k: int, init: str, max_iter: int, seed: int, weights: torch.Tensor | None, improve: bool
+) -> KMeansResult:
+    """kmeans_1d_rows' work (see there)."""
     x = x.detach()
     if x.dim() != 2 or x.numel() == 0:
         raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
@@ -697,7 +938,7 @@ def kmeans_1d_rows(
     g_all, m = x.shape
     zero = torch.zeros(g_all, 1, dtype=torch.float64)
     if w is None:
-        xs = torch.sort(x, dim=1).values  # (G, m)
+        xs = torch.from_numpy(np.sort(x.numpy(), axis=1))  # (G, m): values only, NumPy's SIMD sort (no indices)
         s0 = None  # run weight = run length
         s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
     else:
@@ -708,39 +949,43 @@ def kmeans_1d_rows(
         del ws, order
     c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
 
-    def bounds(rows: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
-        """(A, k+1) run starts of the centroids cen (A, k) in rows `rows` (points to the nearest, ties right)."""
+    def bounds(xw: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
+        """(A, k+1) run starts of the centroids cen (A, k) in the sorted rows xw (A, m) (nearest, ties right)."""
         mids = _ceil_f32((cen[:, 1:] + cen[:, :-1]) * 0.5)  # (A, k-1)
-        inner = torch.searchsorted(xs[rows], mids)  # number of values strictly below each midpoint
-        a = rows.numel()
+        inner = torch.searchsorted(xw, mids)  # number of values strictly below each midpoint
+        a = xw.shape[0]
         return torch.cat([inner.new_zeros(a, 1), inner, inner.new_full((a, 1), m)], 1)
 
     def means(rows: torch.Tensor, b: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
         """Each run's (weighted) mean (A, k); runs of zero weight (empty ones included) keep their centroid."""
-        if s0 is None:
-            cnt = (b[:, 1:] - b[:, :-1]).double()
-        else:
-            s = s0[rows]
-            cnt = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
-        s = s1[rows]
-        tot = s.gather(1, b[:, 1:]) - s.gather(1, b[:, :-1])
-        return torch.where(cnt > 0, tot / torch.where(cnt > 0, cnt, 1.0), cen)
+        flat = rows[:, None] * (m + 1) + b  # (A, k+1) flat indices: gathers in place, no copies of whole rows
+        cnt = (b[:, 1:] - b[:, :-1]).double() if s0 is None else _diff1(torch.take(s0, flat))
+        return torch.where(cnt > 0, _diff1(torch.take(s1, flat)) / torch.where(cnt > 0, cnt, 1.0), cen)
 
-    def lloyd(active: torch.Tensor, iters: int) -> None:
-        """Plain Lloyd on rows `active` (c updated in place) until each row's fixed point or `iters` steps."""
-        b_act = bounds(active, c[active])
+    def lloyd(work: torch.Tensor, iters: int) -> None:
+        """Plain Lloyd on rows `work` (c updated in place) until each row's fixed point or `iters` steps.
+
+        Rows at their fixed point stay in the working set until it shrinks by a quarter (then it is compacted, one
+        copy of its sorted rows): a Lloyd step leaves a fixed point bit for bit unchanged, and copying the rows
+        still moving at every step would cost more than the steps."""
+        xw = xs[work]  # (A, m)
+        b_w = bounds(xw, c[work])
+        live = torch.ones(work.numel(), dtype=torch.bool)  # rows not yet at a fixed point
         for it in range(1, iters + 1):
-            if active.numel() == 0:
-                break
-            mean = means(active, b_act, c[active])
-            b_mean = bounds(active, mean)
-            c[active] = mean
-            moved = (b_mean != b_act).any(1)  # rows not yet at a fixed point
+            mean = means(work, b_w, c[work])
+            b_mean = bounds(xw, mean)
+            c[work] = mean
+            live = (b_mean != b_w).any(1)
             if it == iters:  # not converged: one more update step (as kmeans_1d), then the final assignment
-                rows = active[moved]
+                rows = work[live]
                 if rows.numel():
-                    c[rows] = means(rows, b_mean[moved], c[rows])
-            active, b_act = active[moved], b_mean[moved]
+                    c[rows] = means(rows, b_mean[live], c[rows])
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            if n_live <= 0.75 * work.numel():
+                work, xw, b_mean = work[live], xw[live], b_mean[live]
+            b_w = b_mean
 
     lloyd(torch.arange(g_all), max_iter)
     rows = torch.arange(g_all)
