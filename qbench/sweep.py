@@ -89,7 +89,8 @@ def unused(d: dict, full_precision: bool) -> list[str]:
     """Keys of resolved config d that cannot change this cell's result: the bits of a full-precision cell, the
     distillation settings when distillation is off (kd_weight = tcd_weight = 0), a scheme seed equal to the run's,
     W-E-A bits and QAT-stage overrides (train.qat.*) left null (= the default), k-means' granularity at `tensor`,
-    its group_size unless granularity=group, its weighting at `none` and calib_batches unless weighting=fisher, and
+    its group_size unless granularity=group, its weighting at `none` and calib_batches unless weighting=fisher, its
+    search at `lloyd`, and
     per-tensor bits (scheme.bits_by) or a sensitivity group (scheme.only) not set."""
     out = ["bits", "embed_bits", "act_bits"] if full_precision else []
     distill = d.get("distill") or {}
@@ -104,6 +105,7 @@ def unused(d: dict, full_precision: bool) -> list[str]:
         out += ["scheme.granularity"] if scheme.get("granularity", "tensor") == "tensor" else []
         out += ["scheme.group_size"] if scheme.get("granularity", "tensor") != "group" else []  # read by group only
         out += ["scheme.weighting", "scheme.calib_batches"] if scheme.get("weighting", "none") == "none" else []
+        out += ["scheme.search"] if scheme.get("search", "lloyd") == "lloyd" else []
     out += [f"scheme.{k}" for k in ("bits_by", "only") if k in scheme and not scheme[k]]  # added later: as absent
     qat = (d.get("train") or {}).get("qat") or {}  # QAT-stage overrides: null = the train.* value, as without it
     nulls = [f"train.qat.{k}" for k, v in qat.items() if v is None]

@@ -23,7 +23,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 from qbench.quant import primitives as P
-from qbench.quant.kmeans1d import INITS, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
+from qbench.quant.kmeans1d import INITS, SEARCHES, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
 from qbench.quant.schemes import Calibration, Scheme, as_2d, from_2d
 
 BACKENDS = ("qbench", "sklearn")
@@ -42,6 +42,7 @@ class KMeans(Scheme):
     group_size: int = 128
     weighting: str = "none"  # none | fisher (SqueezeLLM: squared task-loss gradients as sample weights)
     calib_batches: int = 16  # weighting=fisher: training batches the Fisher estimate averages over
+    search: str = "lloyd"  # per tensor: lloyd (paper A: from `init`) | global (near-optimal search, init unused)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +61,11 @@ class KMeans(Scheme):
             raise QbenchError(f"scheme.weighting={self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
         if self.weighting == "fisher" and self.backend != "qbench":
             raise QbenchError("scheme.weighting=fisher needs backend=qbench (sklearn is the unweighted reference)")
+        if self.search not in SEARCHES:
+            raise QbenchError(f"scheme.search={self.search!r}; valid: {', '.join(SEARCHES)}")
+        if self.search == "global" and (self.granularity != "tensor" or self.backend != "qbench"):
+            raise QbenchError("scheme.search=global is the per-tensor qbench solver: it needs granularity=tensor "
+                              "and backend=qbench")  # fmt: skip
         if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
             raise QbenchError(f"scheme.calib_batches must be an integer >= 1, got {self.calib_batches!r}")
 
@@ -77,6 +83,8 @@ class KMeans(Scheme):
             del d["group_size"]
         if self.weighting == "none":
             del d["weighting"], d["calib_batches"]
+        if self.search == "lloyd":
+            del d["search"]
         return d
 
     def cluster(self, weight: torch.Tensor, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +93,7 @@ class KMeans(Scheme):
         if self.backend == "sklearn":
             res = kmeans_sklearn(weight, k, self.init, self.max_iter, seed=self.seed)
         else:
-            res = kmeans_1d(weight, k, self.init, self.max_iter, weights=fisher, seed=self.seed)
+            res = kmeans_1d(weight, k, self.init, self.max_iter, weights=fisher, seed=self.seed, search=self.search)
         return res.centroids, res.labels.reshape(weight.shape)
 
     def cluster_rows(self, g: torch.Tensor, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 INITS = ("linear", "density", "kmeans++")
+SEARCHES = ("lloyd", "global")  # kmeans_1d: iterate from `init` | large inputs searched from their own starts
 
 
 @dataclass
@@ -576,6 +577,7 @@ def kmeans_1d(
     improve: bool = True,
     accelerate: bool = True,
     window: int | None = None,
+    search: str = "lloyd",
 ) -> KMeansResult:
     """K-means of the values of x (any shape, flattened) with k clusters: Lloyd's iterations plus, unless
     improve=False, empty-cluster relocation and split-merge moves (module docstring).
@@ -587,9 +589,12 @@ def kmeans_1d(
     Stops when no boundary moves and no move helps, or after max_iter iterations. The SSE never rises.
     Deterministic for a given seed. With improve=False it is plain Lloyd (empty clusters keep their centroid).
 
-    Unweighted inputs of at least _COARSE_MIN (32768) values with improve=True do not start from `init` (it is
-    still validated): _solve_large's own starts (module docstring) reach a lower SSE in far fewer iterations.
+    search="global": unweighted inputs of at least _COARSE_MIN (32768) values with improve=True do not start from
+    `init` (it is still validated): _solve_large's own starts (module docstring) reach a lower SSE (the optimum at
+    k <= 16 on MiniLM) in far fewer iterations. search="lloyd" (default): every input iterates from `init`.
     """
+    if search not in SEARCHES:
+        raise ValueError(f"unknown k-means search {search!r}; valid: {', '.join(SEARCHES)}")
     flat_t = x.detach().reshape(-1)
     if not flat_t.is_floating_point() or flat_t.dtype in (torch.float16, torch.bfloat16):
         flat_t = flat_t.float()  # exact for half types
@@ -618,7 +623,7 @@ def kmeans_1d(
     runs = _Runs(xs, w)
     if window is None:  # pair refinement searches ~4k candidate boundaries per sweep (wider windows cost far
         window = max(16, (1 << 12) // k)  # more than they gain: the SSE moves by < 1e-3 on BERT-like tensors)
-    large = improve and w is None and flat.size >= _COARSE_MIN  # searched from its own starts (_solve_large)
+    large = search == "global" and improve and w is None and flat.size >= _COARSE_MIN  # own starts: _solve_large
     if isinstance(init, torch.Tensor):
         c0 = np.sort(init.detach().reshape(-1).double().cpu().numpy())
     elif large and init in INITS:

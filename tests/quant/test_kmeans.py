@@ -146,3 +146,16 @@ def test_bad_fisher_options_rejected(kw):
 def test_fisher_without_valid_statistics_fails_clearly(stats):
     with pytest.raises(QbenchError, match="grad_sq"):
         KMeans(bits=1, weighting="fisher").parametrization(torch.randn(2, 4), False, name="w", stats=stats)
+
+
+def test_search_global_is_opt_in_and_per_tensor():
+    """scheme.search=global: the near-optimal per-tensor solver (no worse than paper A's Lloyd on a large tensor);
+    absent from describe() at its default, so paper A's records and ids stay as they were; per tensor only."""
+    w = torch.randn(256, 160, generator=torch.Generator().manual_seed(0)) ** 3  # 40,960 weights: the large path
+    lloyd, glob = KMeans(bits=2), KMeans(bits=2, search="global")
+    err = lambda s: float(((s.parametrization(w, transposed=False)(w) - w) ** 2).sum())  # noqa: E731
+    assert err(glob) <= err(lloyd)
+    assert "search" not in lloyd.describe() and glob.describe()["search"] == "global"
+    for bad in ({"search": "exact"}, {"search": "global", "granularity": "row"}):
+        with pytest.raises(QbenchError, match="scheme.search"):
+            KMeans(bits=2, **bad)

@@ -118,7 +118,7 @@ def test_large_input_reaches_the_optimum(k):
     x = torch.repeat_interleave(values, counts).float()
     x = x[torch.randperm(x.numel(), generator=g)]
     assert x.numel() >= K._COARSE_MIN
-    r = kmeans_1d(x, k, "linear", 100)
+    r = kmeans_1d(x, k, "linear", 100, search="global")
     opt = kmeans_1d_dp(values.float().double(), k, weights=counts.double())
     assert r.sse == pytest.approx(opt.sse, rel=1e-9)
     assert _sse(x, r.centroids, r.labels) == pytest.approx(opt.sse, rel=1e-6)
@@ -136,7 +136,7 @@ def test_large_input_beats_plain_lloyd_and_is_consistent(k):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(60_000, generator=g) ** 3 * 0.02
     x[:4] = torch.tensor([2.0, -1.5, 3.0, 0.9])
-    r = kmeans_1d(x, k, "linear", 100)
+    r = kmeans_1d(x, k, "linear", 100, search="global")
     plain = kmeans_1d(x, k, "linear", 100, improve=False)
     assert r.sse <= plain.sse * (1 + 1e-9)
     assert torch.equal(r.labels, assign(x, r.centroids))
@@ -146,14 +146,14 @@ def test_large_input_beats_plain_lloyd_and_is_consistent(k):
 
 def test_large_input_with_fewer_distinct_values_than_k():
     x = torch.tensor([0.25, -1.0, 3.0]).repeat(20_000)
-    r = kmeans_1d(x, 16, "linear")
+    r = kmeans_1d(x, 16, "linear", search="global")
     assert r.sse == pytest.approx(0.0, abs=1e-9)
     assert torch.equal(r.centroids[r.labels], x)
 
 
 def test_large_input_still_rejects_a_bad_init():
     with pytest.raises(ValueError):
-        kmeans_1d(torch.randn(40_000), 4, init="bogus")
+        kmeans_1d(torch.randn(40_000), 4, init="bogus", search="global")
     with pytest.raises(ValueError):
         kmeans_1d(torch.randn(40_000), 4, init=torch.zeros(3))
 
@@ -178,3 +178,17 @@ def test_rows_restore_torch_threads():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_search_lloyd_is_the_default_and_starts_from_init():
+    """The scheme's default (search=lloyd) iterates from `init` on large inputs too, as before the global search
+    existed; search=global reaches a lower SSE here; an unknown search fails listing the valid ones."""
+    x = torch.randn(50_000, generator=torch.Generator().manual_seed(3)) ** 3
+    lloyd = kmeans_1d(x, 4, "linear")
+    assert torch.equal(kmeans_1d(x, 4, "linear", search="lloyd").centroids, lloyd.centroids)
+    assert kmeans_1d(x, 4, "density").iters != lloyd.iters  # it starts from the init (same fixed point here)
+    glob = kmeans_1d(x, 4, "linear", search="global")
+    assert torch.equal(kmeans_1d(x, 4, "density", search="global").centroids, glob.centroids)  # it does not
+    assert glob.sse <= lloyd.sse
+    with pytest.raises(ValueError, match="valid: lloyd, global"):
+        kmeans_1d(x, 4, search="exact")
