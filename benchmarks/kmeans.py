@@ -232,7 +232,7 @@ def main() -> None:
 
     tensors = minilm_tensors(args.quick)
     n_all = sum(x.size for _, x in tensors)
-    print(f"\n## (a) MiniLM-L6 per-tensor codebooks: {len(tensors)} tensors, {n_all:,d} weights, linear init")
+    print(f"\n## (a) MiniLM-L6 per-tensor codebooks: {len(tensors)} tensors, {n_all:,d} weights, search=global")
     aggs = per_tensor(tensors, args.quick, fk, km1d)
     hdr = (
         f"{'bits':>4s} {'sort_s':>7s} {'qbench_s':>8s} {'q/sort':>6s} {'flash_s':>7s} {'f/sort':>6s} {'flash/q':>7s} | "
