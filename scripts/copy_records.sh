@@ -9,4 +9,4 @@ for f in "$src"/*/record.json; do
   cp "$f" "$dst/$cell/"
   [ -f "$src/$cell/predictions.jsonl" ] && cp "$src/$cell/predictions.jsonl" "$dst/$cell/"
 done
-echo "$(ls "$dst" | wc -l) cells in $dst"
+echo "$(ls "$dst"/*/record.json | wc -l) cells in $dst"
