@@ -138,7 +138,7 @@ def test_deterministic_and_each_init(init):
     x = _data("gaussian", 20_000, 5).reshape(100, 200)
     a, b = kmeans_1d(x, 16, init, seed=3), kmeans_1d(x, 16, init, seed=3)
     assert torch.equal(a.centroids, b.centroids) and torch.equal(a.labels, b.labels) and a.sse == b.sse
-    assert a.labels.shape == (20_000,) and a.labels.dtype == torch.int64 and a.centroids.dtype == torch.float32
+    assert a.labels.shape == (20_000,) and a.labels.dtype == torch.int32 and a.centroids.dtype == torch.float32
     assert int(a.labels.min()) >= 0 and int(a.labels.max()) < 16
     assert torch.equal(a.labels, assign(x.reshape(-1), a.centroids))
 
@@ -157,13 +157,17 @@ def test_rejects_bad_input():
         kmeans_1d(torch.randn(10), 2, init="bogus")
 
 
+@pytest.mark.parametrize("chunk", [1 << 15, 4999])  # one chunk | several, the last one short
 @pytest.mark.parametrize("case", ["gaussian", "outliers", "duplicates", "zeros", "constant", "float64"])
-def test_fast_labels_match_binary_search(case):
-    """The table-driven labelling of kmeans_1d equals a binary search over the midpoints, for any data."""
+def test_fast_labels_match_binary_search(case, chunk, monkeypatch):
+    """The table-driven labelling of kmeans_1d equals a binary search over the midpoints, for any data, however its
+    passes are chunked; written into a given buffer, it returns that buffer."""
     import numpy as np
 
+    from qbench.quant import kmeans1d
     from qbench.quant.kmeans1d import _ceil_to, _labels
 
+    monkeypatch.setattr(kmeans1d, "_LABEL_CHUNK", chunk)
     g = torch.Generator().manual_seed(11)
     x = torch.randn(20_000, generator=g) * 0.02
     if case == "outliers":  # a few far values stretch the value range: many boundaries per table cell
@@ -182,7 +186,10 @@ def test_fast_labels_match_binary_search(case):
     for k in (2, 16, 256):
         c = np.sort(torch.randn(k, generator=g, dtype=torch.float64).numpy()) * float(x.std() + 0.01)
         mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
-        assert np.array_equal(_labels(flat, xs, mids), np.searchsorted(mids, flat, side="right"))
+        ref = np.searchsorted(mids, flat, side="right")
+        assert np.array_equal(_labels(flat, mids), ref)
+        buf = np.empty(flat.size, dtype=np.int32)
+        assert _labels(flat, mids, buf) is buf and np.array_equal(buf, ref)
         r = kmeans_1d(x, k, "linear", max_iter=20)
         assert torch.equal(r.labels, assign(x, r.centroids))
         # the SSE comes from prefix sums (sum x^2 minus the fit): absolute error ~1e-16..1e-14 sum(x^2)
