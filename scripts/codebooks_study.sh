@@ -36,8 +36,9 @@ if [[ $step == all || $step == 3 ]]; then
 fi
 if [[ $step == all || $step == 4 ]]; then
   # 4. the same for SmolLM2 (61 groups: the embedding with its tied head, attention and MLP of each layer), measured
-  #    on PTB's first 2,048 test tokens (one PTQ cell per group and bits), applied to PTB and WikiText-2
-  L="model=smollm2 task=ptb train.order=zeroshot task.eval_splits=[test] task.lm.context_length=512"
+  #    on PTB's first 2,048 validation tokens (one PTQ cell per group and bits; the test split is kept for the
+  #    mixed cell), applied to PTB and WikiText-2 (test)
+  L="model=smollm2 task=ptb train.order=zeroshot task.eval_splits=[validation] task.lm.context_length=512"
   ${QBENCH:-.venv/bin/python -m qbench.cli} sensitivity $L task.lm.max_eval_tokens=2048 train.progress_bar=false \
     scheme=kmeans_row bits=2,3,4 study=codebooks_sensitivity_smollm2_ptb
   mixed=$(${QBENCH:-.venv/bin/python -m qbench.cli} allocate results/sweeps/codebooks_sensitivity_smollm2_ptb \
