@@ -186,6 +186,34 @@ def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
     return aggs
 
 
+def stages(tensors) -> dict[int, dict[str, float]]:
+    """{bits: {stage: seconds}}: kmeans_1d(search="global")'s stages run one after the other on each tensor, as the
+    call runs them (sort, float64 block sums, search, labels over the sorted copy), and np.sort apart."""
+    K = importlib.import_module("qbench.quant.kmeans1d")
+    out = {}
+    for bits in BITS:
+        k, t = 2**bits, dict.fromkeys(("np.sort", "sort", "block sums", "search", "labels"), 0.0)
+        for _, x in tensors:
+            gc.collect()
+            t["np.sort"] += timed(lambda x=x: np.sort(x))[1]
+            xs, dt = timed(lambda x=x: np.sort(x))
+            t["sort"] += dt
+            runs, dt = timed(lambda xs=xs: K._Runs(xs, None))
+            t["block sums"] += dt
+            large = x.size >= K._COARSE_MIN
+            window = max(16, (1 << 12) // k)
+            if large:
+                (c, _, _), dt = timed(lambda r=runs, k=k, w=window: K._solve_large(r, k, 100, True, w))
+            else:
+                c0 = K.init_centroids(torch.from_numpy(xs), k, "linear").numpy()
+                (c, _, _), dt = timed(lambda r=runs, c0=c0, w=window: K._iterate(r, c0, 100, True, True, w))
+            t["search"] += dt
+            mids = K._ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+            t["labels"] += timed(lambda x=x, m=mids, xs=xs: K._labels(x, m, xs.view(np.int32)))[1]
+        out[bits] = t
+    return out
+
+
 def per_row(mats, fk) -> dict[str, tuple[float, float]]:
     """{method: (seconds, total SSE)} of per-row ROW_BITS-bit codebooks over all matrices."""
     k = 2**ROW_BITS
@@ -214,9 +242,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="MiniLM without word embeddings; SmolLM2 layers 0-1 only")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="CPU time (default: robust on a shared "
                     "machine; counts every thread of torch's pool) or wall-clock time")  # fmt: skip
+    ap.add_argument("--stages", action="store_true", help="only time kmeans_1d's stages (sort, block sums, search, "
+                    "labels) on (a)'s tensors, each against np.sort of the same values")  # fmt: skip
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.stages:
+        tensors = minilm_tensors(args.quick)
+        print(
+            f"# kmeans_1d(search=\"global\")'s stages on MiniLM-L6's {len(tensors)} tensors, one call each as in "
+            f"(a), time / np.sort of the same values; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        )
+        print(f"{'bits':>4s} {'sort':>6s} {'sums':>6s} {'search':>6s} {'labels':>6s} {'total':>6s}")
+        for bits, t in stages(tensors).items():
+            r = {n: v / t["np.sort"] for n, v in t.items()}
+            parts = [r["sort"], r["block sums"], r["search"], r["labels"]]
+            print(f"{bits:4d} " + " ".join(f"{v:6.2f}" for v in [*parts, sum(parts)]))
+        return
     fk, km1d = need("flash1dkmeans"), need("kmeans1d")
     need("sklearn")
     warnings.filterwarnings("ignore")
