@@ -188,7 +188,9 @@ def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
 
 def stages(tensors) -> dict[int, dict[str, float]]:
     """{bits: {stage: seconds}}: kmeans_1d(search="global")'s stages run one after the other on each tensor, as the
-    call runs them (sort, float64 block sums, search, labels over the sorted copy), and np.sort apart."""
+    call runs them (sort, float64 block sums, search, labels over the sorted copy), and np.sort apart. Tensors below
+    _COARSE_MIN values (MiniLM's token-type table: 768) time the Lloyd loop from the linear init only, without the
+    second pass kmeans_1d adds at k <= 16."""
     K = importlib.import_module("qbench.quant.kmeans1d")
     out = {}
     for bits in BITS:

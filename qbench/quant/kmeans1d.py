@@ -613,7 +613,7 @@ def _solve_large(
     for _ in range(_RESPACES):
         c = _respace(crs, c)
     c, b, it = _iterate(crs, c, min(max_iter, _COARSE_ITERS), True, accelerate, max(2, window // _BLOCK))
-    # moves and Lloyd stop at a local optimum that a joint boundary search still improves by ~1 % at k = 256
+    # moves and Lloyd stop at a local optimum that a joint boundary search still improves at k = 256
     c, b, it3 = _joint_refine(crs, b, _LARGE_SEARCHES, _LARGE_HALF, 0)
     it += it3
     c, b, it2 = _iterate(runs, c, min(max_iter, _FINE_ITERS), False, accelerate, 0)
