@@ -150,6 +150,17 @@ def test_fewer_distinct_values_than_k():
     assert torch.equal(r.centroids[r.labels], x)
 
 
+@pytest.mark.parametrize("search", ["lloyd", "global"])
+def test_labels_written_over_the_sorted_copy_leave_the_input_alone(search):
+    """kmeans_1d writes its int32 labels into the memory of its sorted copy: the caller's tensor stays unchanged."""
+    x = torch.randn(40_000, generator=torch.Generator().manual_seed(5)) * 0.05
+    before = x.clone()
+    r = kmeans_1d(x, 16, "linear", search=search)
+    assert torch.equal(x, before)
+    assert r.labels.dtype == torch.int32 and r.labels.data_ptr() != x.data_ptr()
+    assert torch.equal(r.labels, assign(x, r.centroids))
+
+
 def test_rejects_bad_input():
     with pytest.raises(ValueError):
         kmeans_1d(torch.tensor([0.0, float("nan")]), 2)
