@@ -419,7 +419,8 @@ def _labels(flat: np.ndarray, mids: np.ndarray, out: np.ndarray | None = None) -
                 thr[0x8000] = -0.0
     key = flat.view(np.uint16)[1::2]  # little-endian: the high half of each float32
     c = min(n, _LABEL_CHUNK)
-    lab8, ge, th = np.empty(c, dtype=np.uint8), np.empty(c, dtype=bool), np.empty(c, dtype=np.float32)
+    lab8, ge = np.empty(c, dtype=np.uint8), np.empty(c, dtype=bool)
+    th = None if thr is None else np.empty(c, dtype=np.float32)  # the gathered thresholds, only when needed
     for i in range(0, n, c):
         j = min(n, i + c)
         x, l8, g = flat[i:j], lab8[: j - i], ge[: j - i]
