@@ -186,16 +186,22 @@ def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
     return aggs
 
 
-def stages(tensors) -> dict[int, dict[str, float]]:
-    """{bits: {stage: seconds}}: kmeans_1d(search="global")'s stages run one after the other on each tensor, as the
-    call runs them (sort, float64 block sums, search, labels over the sorted copy), and np.sort apart. Tensors below
-    _COARSE_MIN values (MiniLM's token-type table: 768) time the Lloyd loop from the linear init only, without the
-    second pass kmeans_1d adds at k <= 16."""
+STAGES = ("np.sort", "sort", "block sums", "search", "labels")
+
+
+def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
+    """{bits: {tensor size: {stage: seconds summed over the tensors of that size, "n": their number}}}:
+    kmeans_1d(search="global")'s stages run one after the other on each tensor, as the call runs them (sort, float64
+    block sums, search, labels over the sorted copy), and np.sort apart. Tensors below _COARSE_MIN values (MiniLM's
+    token-type table: 768) time the Lloyd loop from the linear init only, without the second pass kmeans_1d adds at
+    k <= 16."""
     K = importlib.import_module("qbench.quant.kmeans1d")
     out = {}
     for bits in BITS:
-        k, t = 2**bits, dict.fromkeys(("np.sort", "sort", "block sums", "search", "labels"), 0.0)
+        k, by_size = 2**bits, {}
         for _, x in tensors:
+            t = by_size.setdefault(x.size, dict.fromkeys(("n", *STAGES), 0.0))
+            t["n"] += 1
             gc.collect()
             t["np.sort"] += timed(lambda x=x: np.sort(x))[1]
             xs, dt = timed(lambda x=x: np.sort(x))
@@ -212,7 +218,7 @@ def stages(tensors) -> dict[int, dict[str, float]]:
             t["search"] += dt
             mids = K._ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
             t["labels"] += timed(lambda x=x, m=mids, xs=xs: K._labels(x, m, xs.view(np.int32)))[1]
-        out[bits] = t
+        out[bits] = dict(sorted(by_size.items()))
     return out
 
 
@@ -255,11 +261,18 @@ def main() -> None:
             f"# kmeans_1d(search=\"global\")'s stages on MiniLM-L6's {len(tensors)} tensors, one call each as in "
             f"(a), time / np.sort of the same values; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
         )
+        res = stages(tensors)
         print(f"{'bits':>4s} {'sort':>6s} {'sums':>6s} {'search':>6s} {'labels':>6s} {'total':>6s}")
-        for bits, t in stages(tensors).items():
-            r = {n: v / t["np.sort"] for n, v in t.items()}
-            parts = [r["sort"], r["block sums"], r["search"], r["labels"]]
+        for bits, by_size in res.items():
+            t = {n: sum(v[n] for v in by_size.values()) for n in STAGES}
+            parts = [t[n] / t["np.sort"] for n in STAGES[1:]]
             print(f"{bits:4d} " + " ".join(f"{v:6.2f}" for v in [*parts, sum(parts)]))
+        print("\n# per tensor size: milliseconds per tensor (mean over the tensors of that size)")
+        print(f"{'bits':>4s} {'values':>10s} {'count':>5s} " + " ".join(f"{n:>10s}" for n in STAGES))
+        for bits, by_size in res.items():
+            for size, t in by_size.items():
+                ms = [1e3 * t[n] / t["n"] for n in STAGES]
+                print(f"{bits:4d} {size:10,d} {int(t['n']):5d} " + " ".join(f"{v:10.2f}" for v in ms))
         return
     fk, km1d = need("flash1dkmeans"), need("kmeans1d")
     need("sklearn")

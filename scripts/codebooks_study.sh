@@ -48,6 +48,6 @@ if [[ $step == all || $step == 4 ]]; then
 fi
 if [[ $step == all || $step == 5 ]]; then
   # 5. seeds' spread at 2 bits, where the schemes differ most: seeds 1 and 2 of every MiniLM cell (QAT and PTQ).
-  #    The FP, linear_row and per-tensor kmeans cells at these seeds are paper A's (copy its records first: same ids)
+  #    (its FP, linear_row and per-tensor kmeans cells repeat paper A's seed cells under this study's id)
   $M bits=2 seed=1,2 && $M bits=2 seed=1,2 train.order=ptq
 fi
