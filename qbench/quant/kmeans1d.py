@@ -183,23 +183,34 @@ class _Runs:
         """Weighted runs of block means: one point per block of _BLOCK sorted values (weight = its length), except
         that blocks wider than 1/(_WIDE k) of the value range (sparse tails, outliers) keep their values as points.
         A clustering of these points is one of the data with the same cluster sums (boundaries fall between
-        blocks), so Lloyd steps on it are exact on the data; they only cost no partial-block sums (s1_at)."""
+        blocks), so Lloyd steps on it are exact on the data; they only cost no partial-block sums (s1_at). Its prefix
+        sums are the data's at the points' edges, and its sum of squares is the data's (SSEs are the data's)."""
         n, xs = self.n, self.xs
         nb = n // _BLOCK  # full blocks
         e = np.append(np.arange(0, n, _BLOCK), n)  # (m+1,) block edges
         s1 = self.s1[e] if self.blocks is None else np.append(self.blocks, self.s1_at(e[nb + 1 :]))
         last = xs[np.minimum(e[1:], n) - 1]  # (blocks,) each block's last value (the final block may be short)
         wide = np.flatnonzero(last - xs[e[:-1]] > (float(xs[-1]) - float(xs[0])) / (_WIDE * k))
-        if wide.size:  # prefix sums inside the wide blocks: block prefix + running sums of their values
+        if wide.size:  # edges inside the wide blocks, each block's after its start edge (e and s1 stay sorted)
             e_in = wide[:, None] * _BLOCK + np.arange(1, _BLOCK)  # (w, B-1) inner edges (past n in a short block)
             v = xs[np.minimum(e_in - 1, n - 1)].astype(np.float64)
-            s1_in = (np.cumsum(v, axis=1) + s1[wide][:, None])[e_in < n]
-            e_in = e_in[e_in < n]
-            order = np.argsort(np.concatenate([e, e_in]), kind="stable")
-            e = np.concatenate([e, e_in])[order]
-            s1 = np.concatenate([s1, s1_in])[order]
+            s1_in = np.cumsum(v, axis=1)
+            s1_in += s1[wide][:, None]
+            inside = e_in < n
+            extra = np.zeros(e.size, dtype=np.int64)
+            extra[wide] = inside.sum(1)  # inner edges inserted after each block start
+            pos = np.arange(e.size) + np.concatenate([[0], np.cumsum(extra)[:-1]])  # new places of the old edges
+            at_old = np.zeros(e.size + int(extra.sum()), dtype=bool)
+            at_old[pos] = True
+            e2, s12 = np.empty(at_old.size, dtype=np.int64), np.empty(at_old.size)
+            e2[pos], s12[pos] = e, s1
+            e2[~at_old], s12[~at_old] = e_in[inside], s1_in[inside]  # row-major: ascending
+            e, s1 = e2, s12
         cnt = np.diff(e).astype(np.float64)
-        return _Runs(np.diff(s1) / cnt, cnt)
+        out = _Runs.__new__(_Runs)  # built from the prefix sums at hand (no second pass over the points)
+        out.xs, out.n, out.blocks, out.sum_sq = np.diff(s1) / cnt, cnt.size, None, self.sum_sq
+        out.s0, out.s1 = e.astype(np.float64), s1
+        return out
 
     def cnt(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (b - a).astype(np.float64) if self.s0 is None else self.s0[b] - self.s0[a]

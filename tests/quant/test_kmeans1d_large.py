@@ -85,7 +85,8 @@ def test_summary_edges_isolate_outliers_and_tails():
 @pytest.mark.parametrize("blocked", [True, False])
 def test_coarse_runs_have_the_data_sums(blocked, monkeypatch):
     """Block means weighted by block lengths: same total weight and sum; the prefix sums at the coarse points'
-    edges are the data's; blocks wider than range / (_WIDE k) are split into single values."""
+    edges and the sum of squares are the data's (so SSEs are); blocks wider than range / (_WIDE k) are split into
+    single values."""
     if not blocked:
         monkeypatch.setattr(K, "_BLOCKED_MIN", 10**9)
     rng = np.random.default_rng(0)
@@ -96,6 +97,7 @@ def test_coarse_runs_have_the_data_sums(blocked, monkeypatch):
     edges = np.concatenate([[0], np.cumsum(crs.s0[1:] - crs.s0[:-1]).round().astype(np.int64)])
     assert edges[-1] == xs.size
     np.testing.assert_allclose(crs.s1, full[edges], rtol=1e-12, atol=1e-9)
+    assert crs.sum_sq == runs.sum_sq
     assert np.all(np.diff(crs.xs) >= 0)
     assert set(crs.xs[-3:].tolist()) == {3.0, 4.0, 5.0}  # the outliers' block is split: weight 1 each
     assert (crs.s0[-3:] - crs.s0[-4:-1]).tolist() == [1.0, 1.0, 1.0]
