@@ -224,6 +224,21 @@ def test_rows_equal_plain_lloyd_per_row(k, init):
     assert res.sse == pytest.approx(sse, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("k", [2, 16, 32, 64])  # compare passes up to k = 32, a binary search above
+def test_row_labels_match_binary_search(k, monkeypatch):
+    """Per-row labels = torch.searchsorted(mids, x, right=True), values on a midpoint included, over several row
+    chunks with a short last one."""
+    import qbench.quant.kmeans1d as K
+
+    monkeypatch.setattr(K, "_LABEL_CHUNK", 1000)  # 3 rows of 300 per chunk: 4 chunks, the last of 1 row
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(10, 300, generator=g)
+    mids = K._ceil_f32(torch.sort(torch.randn(10, k - 1, generator=g, dtype=torch.float64), 1).values)
+    x[:, :5] = mids[:, :1]  # ties go right, as in searchsorted(right=True)
+    got = K._row_labels(x, mids)
+    assert got.dtype == torch.int32 and torch.equal(got.long(), torch.searchsorted(mids, x, right=True))
+
+
 def test_rows_linspace_init_matches_torch_linspace():
     from qbench.quant.kmeans1d import _linspace_rows
 
