@@ -49,5 +49,7 @@ fi
 if [[ $step == all || $step == 5 ]]; then
   # 5. seeds' spread at 2 bits, where the schemes differ most: seeds 1 and 2 of every MiniLM cell (QAT and PTQ).
   #    (its FP, linear_row and per-tensor kmeans cells repeat paper A's seed cells under this study's id)
-  $M bits=2 seed=1,2 && $M bits=2 seed=1,2 train.order=ptq
+  for task in sst2 mrpc; do
+    $M task=$task bits=2 seed=1,2 && $M task=$task bits=2 seed=1,2 train.order=ptq
+  done
 fi
