@@ -436,9 +436,7 @@ def _labels(flat: np.ndarray, mids: np.ndarray, out: np.ndarray | None = None) -
         j = min(n, i + c)
         x, l8, g = flat[i:j], lab8[: j - i], ge[: j - i]
         if lut is None:  # few midpoints: one compare pass each, counted in uint8
-            l8[:] = 0
-            for m in mids:
-                np.add(l8, np.greater_equal(x, m, out=g), out=l8)
+            _count_ge(x, mids, l8, g)
         else:
             np.take(lut, key[i:j], out=l8)
             if thr is not None:
@@ -449,6 +447,14 @@ def _labels(flat: np.ndarray, mids: np.ndarray, out: np.ndarray | None = None) -
 
 
 _LABEL_CHUNK = 1 << 15  # values per chunk of _labels' passes (its buffers stay in cache)
+
+
+def _count_ge(x: np.ndarray, mids, l8: np.ndarray, ge: np.ndarray) -> None:
+    """l8 (uint8, like x) = how many of `mids` are <= each value of x: one compare pass per midpoint (each a scalar,
+    or an array that broadcasts against x), ge a bool buffer like x."""
+    l8[:] = 0
+    for m in mids:
+        np.add(l8, np.greater_equal(x, m, out=ge), out=l8)
 
 
 _COARSE_MIN = 1 << 15  # unweighted inputs of at least this many values are clustered coarse-to-fine (improve=True)
@@ -1093,9 +1099,6 @@ def _row_labels(x: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
     lab8, ge = np.empty((rows, m), dtype=np.uint8), np.empty((rows, m), dtype=bool)
     for i in range(0, g, rows):
         j = min(g, i + rows)
-        l8, xc = lab8[: j - i], xn[i:j]
-        l8[:] = 0
-        for t in range(mn.shape[1]):
-            np.add(l8, np.greater_equal(xc, mn[i:j, t : t + 1], out=ge[: j - i]), out=l8)
-        out[i:j] = l8
+        _count_ge(xn[i:j], mn[i:j].T[:, :, None], lab8[: j - i], ge[: j - i])  # midpoint t: column (rows, 1)
+        out[i:j] = lab8[: j - i]
     return torch.from_numpy(out)
