@@ -1,4 +1,4 @@
-"""Command line: `qbench run|export|size|table|plot|sensitivity|allocate`, `qbench --help`.
+"""Command line: `qbench run|export|size|table|plot|sensitivity|allocate|claims`, `qbench --help`.
 
 User errors (unknown names, bad values, missing data or weights) print one line and exit 2, with no record.
 A crash inside a run writes a 'failed' record; in a multirun the sweep goes on to the next cell.
@@ -31,6 +31,7 @@ COMMANDS = {
     "plot": "metric vs bits and vs effective bits, PNG and SVG, from records",
     "sensitivity": "PTQ cells with one module group quantized at a time (qbench sensitivity --help)",
     "allocate": "bits per module group from sensitivity records at an average-bits budget (scheme.bits_by)",
+    "claims": "check a study's claims (YAML) by a paired bootstrap over seeds and examples (qbench claims --help)",
 }
 
 
@@ -298,13 +299,32 @@ def size_command(args: list[str]) -> None:
         fail(str(e))
 
 
+def claims_command(argv: list[str]) -> None:
+    """`qbench claims DIR [DIR ...] --claims FILE [--out FILE]`: qbench.claims' report, printed and/or written."""
+    import argparse
+
+    from qbench import claims
+
+    p = argparse.ArgumentParser(prog="qbench claims", description=claims.__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", help="folders searched for record.json (with predictions.jsonl)")
+    p.add_argument("--claims", required=True, help="YAML claims file (see qbench/claims.py)")
+    p.add_argument("--out", help="also write the Markdown report here")
+    p.add_argument("--resamples", type=int, default=claims.RESAMPLES)
+    p.add_argument("--seed", type=int, default=claims.SEED, help="bootstrap generator seed")
+    a = p.parse_args(argv)
+    text = claims.check(a.paths, a.claims, a.resamples, a.seed)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(top_help())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"run": run_command, "export": export_command, "size": size_command}
+    handlers = {"run": run_command, "export": export_command, "size": size_command, "claims": claims_command}
     if cmd in ("table", "plot"):  # imported on use: pandas/matplotlib stay out of `qbench run`'s start-up
         from qbench import report
 
