@@ -144,6 +144,9 @@ def load_arm(df: pd.DataFrame, conds: tuple[str, ...]) -> Arm:
         fields = distinguishing(list({k: c for k, c in zip(rows["config_key"], rows["config"], strict=True)}.values()))
         raise QbenchError(f"{' '.join(conds)} matches {rows['config_key'].nunique()} configurations; "
                           f"tell them apart with {', '.join(fields)}")  # fmt: skip
+    if rows["seed"].duplicated().any():  # records without a config: their fields alone tell them apart
+        raise QbenchError(f"{' '.join(conds)} matches several records of one seed ({len(rows)} records); add "
+                          "conditions (scheme=..., bits=..., order=...)")  # fmt: skip
     arm = Arm(" ".join(conds), rows["metric"].iloc[0], [])
     for _, r in rows.sort_values("seed").iterrows():
         preds = read_predictions(Path(r["path"]), r["split"])
