@@ -6,8 +6,8 @@ A claims file (YAML) lists claims; each names two arms by record fields, in the 
     alpha: 0.05                       # optional (default 0.05)
     claims:
       - label: "{task} QAT 2b: k-means > linear"
-        each: {task: [sst2, cola]}    # optional: one claim per value (per combination), added to `where`
-        where: {order: ft_then_qat, bits: 2}   # shared by both arms
+        each: {task: [sst2, cola]}    # optional: one claim per value (per combination); {task} is replaced by
+        where: {task: "{task}", order: ft_then_qat, bits: 2}   # it in label, where, a, b; where: both arms' fields
         a: {scheme: kmeans}
         b: {scheme: linear}           # a key set to null drops a shared condition (FP: {scheme: none, bits: null});
         direction: ">"                # 'majority' is the constant most-common-label predictor on a's examples
@@ -95,6 +95,11 @@ def conditions(spec: dict) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in sorted(spec.items()) if v is not None)
 
 
+def fill(spec: dict, values: dict) -> dict:
+    """spec with every '{name}' in its string values replaced by values[name] (an `each` combination)."""
+    return {k: v.format(**values) if isinstance(v, str) else v for k, v in spec.items()}
+
+
 def parse_claims(text: str) -> tuple[list[Claim], float]:
     """The claims of a YAML claims file (module docstring), `each` expanded; and its alpha."""
     import yaml
@@ -109,8 +114,8 @@ def parse_claims(text: str) -> tuple[list[Claim], float]:
         each = c.get("each") or {}
         for values in itertools.product(*each.values()):
             fixed = dict(zip(each, values, strict=True))
-            shared = {**(c.get("where") or {}), **fixed}
-            a, b = (x if x == "majority" else conditions({**shared, **x}) for x in (c["a"], c["b"]))
+            shared = fill(c.get("where") or {}, fixed)
+            a, b = (x if x == "majority" else conditions({**shared, **fill(x, fixed)}) for x in (c["a"], c["b"]))
             claims.append(Claim(str(c["label"]).format(**fixed), a, b, str(c.get("direction", ">")),
                                 float(c.get("threshold", 0.0))))  # fmt: skip
     labels = [c.label for c in claims]
@@ -327,8 +332,8 @@ def check(paths: list[str], claims_file: str, resamples: int = RESAMPLES, seed: 
 
 
 def num(v: float, sign: str = "") -> str:
-    """One decimal; a diverged perplexity (>= 1e6) in scientific notation."""
-    return f"{v:{sign}.1e}" if abs(v) >= 1e6 else f"{v:{sign}.1f}"
+    """One decimal; from 1e4 on (diverged perplexities) three significant digits, 9.50e+05."""
+    return f"{v:{sign}.2e}" if abs(v) >= 1e4 else f"{v:{sign}.1f}"
 
 
 def pval(p: float) -> str:

@@ -120,7 +120,7 @@ def test_claims_file_expands_each_and_rejects_unknown_keys():
     text = """claims:
   - label: "{task}: kmeans > FP"
     each: {task: [sst2, rte]}
-    where: {bits: 2}
+    where: {task: "{task}", bits: 2}
     a: {scheme: kmeans}
     b: {scheme: none, bits: null}
   - {label: "vs majority", a: {scheme: kmeans}, b: majority, direction: "<", threshold: -1}
