@@ -28,7 +28,9 @@ the point estimate on the data as they are; the interval is the percentile inter
 threshold, each share counted as (k + 1) / (R + 1) so that p is never 0, capped at 1. The p-values of one file are
 adjusted together by Holm-Bonferroni (`holm`). Verdict: 'holds' when the adjusted p < alpha and the effect is on the
 claimed side of the threshold, 'does not hold' when the adjusted p < alpha and it is on the other side, 'not enough
-evidence' otherwise. Every claim draws from its own generator, seeded by (seed, CRC-32 of its label), so adding a
+evidence' otherwise. A claim of `kind: correlation` (keys label, x, optional y (default: metric), where,
+direction) is Spearman's rho between two record values over the configurations matching `where` (seeds averaged),
+with scipy's p and a percentile interval from resampling the configurations (`correlate`). Every claim draws from its own generator, seeded by (seed, CRC-32 of its label), so adding a
 claim leaves the others' numbers unchanged.
 """
 
@@ -50,22 +52,30 @@ ALPHA, RESAMPLES, SEED = 0.05, 10_000, 0
 CHUNK = 1000  # replicates drawn at a time: (CHUNK, examples) weight matrices
 KEYS = ("idx", "window", "dialog", "turn")  # what identifies an example in predictions.jsonl (kind by kind)
 LM = ("perplexity", "loss", "token_accuracy")  # from per-window sums: nll, scored, correct
-CLAIM_KEYS = {"label", "each", "where", "a", "b", "direction", "threshold"}
+CLAIM_KEYS = {"label", "each", "where", "a", "b", "direction", "threshold", "kind", "x", "y"}
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim: arms a and b as FIELD=VALUE conditions (b may be 'majority'), (a - b) `direction` `threshold`."""
+    """One claim: arms a and b as FIELD=VALUE conditions (b may be 'majority'), (a - b) `direction` `threshold`;
+    or (kind 'correlation') Spearman's rho between two record values x and y over the configurations matching a,
+    rho `direction` 0."""
 
     label: str
     a: tuple[str, ...]
     b: tuple[str, ...] | str
     direction: str = ">"
     threshold: float = 0.0
+    kind: str = "difference"
+    x: str = ""
+    y: str = "metric"
 
     def __post_init__(self) -> None:
         if self.direction not in (">", "<"):
             raise QbenchError(f"claim {self.label!r}: direction {self.direction!r}; valid: '>', '<'")
+        if self.kind not in ("difference", "correlation") or (self.kind == "correlation") != bool(self.x):
+            raise QbenchError(f"claim {self.label!r}: kind {self.kind!r}; valid: difference (a, b), correlation "
+                              "(x, optional y and where)")  # fmt: skip
 
 
 @dataclass
@@ -107,17 +117,19 @@ def parse_claims(text: str) -> tuple[list[Claim], float]:
     doc = yaml.safe_load(text) or {}
     claims = []
     for c in doc.get("claims") or []:
-        unknown = set(c) - CLAIM_KEYS
-        if unknown or not {"label", "a", "b"} <= set(c):
-            raise QbenchError(f"claim {c.get('label')!r}: needs label, a, b; unknown keys {sorted(unknown)}; "
-                              f"valid: {', '.join(sorted(CLAIM_KEYS))}")  # fmt: skip
+        unknown, needs = set(c) - CLAIM_KEYS, {"label", "x"} if c.get("kind") == "correlation" else {"label", "a", "b"}
+        if unknown or not needs <= set(c):
+            raise QbenchError(f"claim {c.get('label')!r}: needs {', '.join(sorted(needs))}; unknown keys "
+                              f"{sorted(unknown)}; valid: {', '.join(sorted(CLAIM_KEYS))}")  # fmt: skip
         each = c.get("each") or {}
         for values in itertools.product(*each.values()):
             fixed = dict(zip(each, values, strict=True))
             shared = fill(c.get("where") or {}, fixed)
-            a, b = (x if x == "majority" else conditions({**shared, **fill(x, fixed)}) for x in (c["a"], c["b"]))
+            a, b = (x if x == "majority" else conditions({**shared, **fill(x, fixed)})
+                    for x in (c.get("a") or {}, c.get("b") or {}))  # fmt: skip
             claims.append(Claim(str(c["label"]).format(**fixed), a, b, str(c.get("direction", ">")),
-                                float(c.get("threshold", 0.0))))  # fmt: skip
+                                float(c.get("threshold", 0.0)), c.get("kind", "difference"), c.get("x", ""),
+                                c.get("y", "metric")))  # fmt: skip
     labels = [c.label for c in claims]
     if len(set(labels)) < len(labels):
         raise QbenchError(f"claims with the same label: {sorted({x for x in labels if labels.count(x) > 1})}")
@@ -280,6 +292,28 @@ def compare(a: Arm, b: Arm, threshold: float = 0.0, resamples: int = RESAMPLES, 
             "p": p, "seeds": seeds, "one_class": (a.one_class(sa), b.one_class(sb))}  # fmt: skip
 
 
+def correlate(df: pd.DataFrame, claim: Claim, resamples: int, alpha: float, rng: np.random.Generator) -> dict:
+    """Spearman's rho between record values claim.x and claim.y (qbench.report.values_of: metric, effective_bits,
+    metrics.SPLIT.NAME, homogeneity.PART.MEASURE) over the configurations matching claim.a, each the mean over its
+    seeds; p from scipy.stats.spearmanr, the interval from resampling the configurations (percentile)."""
+    from scipy.stats import spearmanr
+
+    from qbench.report import values_of
+
+    rows = where(df, list(claim.a)) if claim.a else df
+    cell = ["config_key", "model", "task", "scheme", "bits", "order"]  # records without a config: their fields
+    x, y = (values_of(rows, v).groupby(cell, dropna=False)["value"].mean() for v in (claim.x, claim.y))
+    cells = pd.concat([x, y], axis=1, keys=["x", "y"], join="inner").sort_index()
+    if len(cells) < 3:
+        raise QbenchError(f"correlation over {len(cells)} configurations: needs at least 3")
+    xs, ys = cells["x"].to_numpy(float), cells["y"].to_numpy(float)
+    rho, p = spearmanr(xs, ys)
+    w = np.concatenate([draws(rng, min(CHUNK, resamples - i), len(xs)) for i in range(0, resamples, CHUNK)])
+    r = correlation(w, weighted_ranks(w, xs), weighted_ranks(w, ys))
+    low, high = np.percentile(r, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"effect": float(rho), "p": float(p), "low": float(low), "high": float(high), "n": len(cells)}
+
+
 def holm(p: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (same order as p): the i-th smallest times (m - i), made monotone."""
     order = sorted(range(len(p)), key=lambda i: p[i])
@@ -308,21 +342,31 @@ def check(paths: list[str], claims_file: str, resamples: int = RESAMPLES, seed: 
     df = load_records(paths)
     results = []
     for c in claims:
+        rng = np.random.default_rng([seed, zlib.crc32(c.label.encode())])
         try:
+            if c.kind == "correlation":
+                results.append((c, correlate(df, c, resamples, alpha, rng)))
+                continue
             a = load_arm(df, c.a)
             b = majority(a) if c.b == "majority" else load_arm(df, c.b)
         except QbenchError as e:
             raise QbenchError(f"claim {c.label!r}: {e}") from e
-        rng = np.random.default_rng([seed, zlib.crc32(c.label.encode())])
         results.append((c, compare(a, b, c.threshold, resamples, alpha, rng)))
     adjusted = holm([r["p"] for _, r in results])
     level = f"{100 * (1 - alpha):g}%"
+    rho = any(c.kind == "correlation" for c in claims)  # then: a = x, b = y, seeds = configurations, effect = rho
+    effect = "a − b or Spearman ρ (p: scipy)" if rho else "a − b"
     lines = [f"Claims of `{Path(claims_file).name}`: crossed bootstrap over seeds (paired) and evaluation examples, "
              f"{resamples:,} resamples, seed {seed}; {level} percentile intervals; two-sided p, Holm-adjusted over the "
              f"{len(claims)} claims; verdict at alpha = {alpha:g} (qbench.claims).", "",
-             f"| claim | a | b | seeds | a − b | {level} CI | p | p (Holm) | verdict |",
+             f"| claim | a | b | seeds | {effect} | {level} CI | p | p (Holm) | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (c, r), ph in zip(results, adjusted, strict=True):
+        if c.kind == "correlation":
+            lines.append(f"| {c.label} | x: {c.x} | y: {c.y} | {r['n']} configurations | ρ {r['effect']:+.2f} | "
+                         f"[{r['low']:+.2f}, {r['high']:+.2f}] | {pval(r['p'])} | {pval(ph)} | "
+                         f"{verdict(c, r['effect'], ph, alpha)} |")  # fmt: skip
+            continue
         arm = lambda m, flat: num(m) + (" (one class)" if flat else "")  # noqa: E731
         claim = c.label + (f" (threshold {c.threshold:+g})" if c.threshold else "")
         lines.append(f"| {claim} | {arm(r['mean_a'], r['one_class'][0])} | {arm(r['mean_b'], r['one_class'][1])} | "

@@ -202,3 +202,28 @@ def test_claims_command_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # bits 2 and 4: two cells with seed 1
         main(["claims", str(tmp_path / "runs"), "--claims", str(tmp_path / "c.yaml")])
     assert "several records of one seed" in capsys.readouterr().err
+
+
+def test_correlation_claim_over_configurations(tmp_path, capsys):
+    """Spearman's rho over cells (seeds averaged) between effective bits and the metric, with scipy's p."""
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 100)
+    for bits in range(1, 9):
+        for seed in (1, 2):
+            acc = 0.5 + 0.05 * bits
+            write_cell(tmp_path / "runs", f"b{bits}s{seed}", "kmeans", bits, seed, labels,
+                       np.where(rng.random(100) < acc, labels, 1 - labels))  # fmt: skip
+    for i, d in enumerate(sorted((tmp_path / "runs").iterdir())):
+        rec = json.loads((d / "record.json").read_text())
+        rec["scheme"]["effective_bits"] = rec["scheme"]["bits"] + 0.01 * i
+        (d / "record.json").write_text(json.dumps(rec))
+    (tmp_path / "c.yaml").write_text("""claims:
+  - {label: "bits vs accuracy", kind: correlation, x: effective_bits, where: {scheme: kmeans}}
+  - {label: "bits vs accuracy, negative", kind: correlation, x: effective_bits, direction: "<"}
+""")
+    main(["claims", str(tmp_path / "runs"), "--claims", str(tmp_path / "c.yaml"), "--resamples", "500"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| bits")]
+    assert "| 8 configurations | ρ +" in rows[0] and rows[0].endswith("| holds |")
+    assert rows[1].endswith("| does not hold |")
+    with pytest.raises(QbenchError, match="needs label, x"):
+        parse_claims("claims: [{label: c, kind: correlation}]")
