@@ -30,8 +30,8 @@ adjusted together by Holm-Bonferroni (`holm`). Verdict: 'holds' when the adjuste
 claimed side of the threshold, 'does not hold' when the adjusted p < alpha and it is on the other side, 'not enough
 evidence' otherwise. A claim of `kind: correlation` (keys label, x, optional y (default: metric), where,
 direction) is Spearman's rho between two record values over the configurations matching `where` (seeds averaged),
-with scipy's p and a percentile interval from resampling the configurations (`correlate`). Every claim draws from its own generator, seeded by (seed, CRC-32 of its label), so adding a
-claim leaves the others' numbers unchanged.
+with scipy's p and a percentile interval from resampling the configurations (`correlate`). Every claim draws from
+its own generator, seeded by (seed, CRC-32 of its label), so adding a claim leaves the others' numbers unchanged.
 """
 
 from __future__ import annotations
