@@ -382,4 +382,3 @@ def num(v: float, sign: str = "") -> str:
 
 def pval(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
-
