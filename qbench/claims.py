@@ -336,6 +336,8 @@ def verdict(claim: Claim, effect: float, p_holm: float, alpha: float) -> str:
 
 def check(paths: list[str], claims_file: str, resamples: int = RESAMPLES, seed: int = SEED) -> str:
     """The Markdown report of every claim of `claims_file` against the records under `paths`."""
+    if not Path(claims_file).is_file():
+        raise QbenchError(f"--claims {claims_file}: no such file")
     claims, alpha = parse_claims(Path(claims_file).read_text())
     if not claims:
         raise QbenchError(f"{claims_file}: no claims")
