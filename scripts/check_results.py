@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -331,8 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         if superseded(study):
             print(f"{study.name}: superseded, skipped")
             continue
+        start, cpu = time.perf_counter(), time.process_time()
         found = check_study(root, study, env, a.update)
-        print(f"{study.name}: {'FAILED' if found else 'ok'} ({len(records(study))} records)", flush=True)
+        took, cpu = time.perf_counter() - start, time.process_time() - cpu
+        state = "FAILED" if found else "ok"
+        print(f"{study.name}: {state} ({len(records(study))} records, {took:.1f} s, cpu {cpu:.1f} s)", flush=True)
         errors += found
     for e in errors:
         print(f"\nFAIL {e}", file=sys.stderr)

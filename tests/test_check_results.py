@@ -64,7 +64,7 @@ def run(repo: Path, capsys) -> tuple[int, str]:
 def test_a_study_that_rebuilds_passes(repo, capsys):
     code, out = run(repo, capsys)
     assert code == 0, out
-    assert "toy: ok (2 records)" in out
+    assert "toy: ok (2 records, " in out
     assert (repo / "results" / "toy" / "table.md").read_text() == TABLE  # the committed file is never touched
 
 
