@@ -7,10 +7,11 @@ For every study folder `results/<study>/` (a folder with a README.md or a record
 - its README.md has a `## Rebuild` section holding one fenced block whose info string is `sh rebuild`: one command a
   line, run from the repository root. Each command runs in a scratch copy of `results/` (the rest of the
   repository linked beside it), so relative paths resolve there and the committed files are never touched;
+- a committed file of the folder that a command names as an argument is an input (a claims spec, a reference);
 - every text file a command writes (.md .csv .tex .yaml .yml .json .txt) must equal the committed file byte for byte
   (a unified diff is printed otherwise); every plot (.png .svg) must be written, non-empty and committed; a command
   that fails, or writes outside its study folder, fails the check; a committed file of the folder that no command
-  rebuilds (outside the cell folders, which hold the records) fails it too;
+  rebuilds or names (outside the cell folders, which hold the records) fails it too;
 - the folder holds at least one record.json, and its README carries the code-version line generated from the
   records' `git_sha` (`code_version_line`);
 - a Markdown table under a `<!-- table: PATH -->` comment (PATH relative to the README) must be a copy of rows of
@@ -170,6 +171,12 @@ def outputs(study: Path) -> list[Path]:
                   and not any(c == p.parent or c in p.parents for c in cells))  # fmt: skip
 
 
+def inputs(root: Path, commands: list[str]) -> set[Path]:
+    """Committed files a command names as an argument (`--reference X.yaml`, `--spec=claims.yaml`): its inputs."""
+    args = [a.split("=", 1)[-1] for c in commands for a in shlex.split(c)]
+    return {root / a for a in args if a and (root / a).is_file()}
+
+
 def check_study(root: Path, study: Path, env: dict[str, str], update: bool = False) -> list[str]:
     """Failures of one study folder (empty: it rebuilds exactly). update: copy what the commands wrote inside the
     study folder over the committed files instead of comparing (after a deliberate change; review the git diff)."""
@@ -206,8 +213,8 @@ def check_study(root: Path, study: Path, env: dict[str, str], update: bool = Fal
                 shutil.copy2(scratch / rel, root / rel)
             else:
                 errors += compare(root, scratch, rel, study, command)
-    rebuilt = {root / rel for rel in written}
-    errors += [f"{name}: {p.relative_to(root)} is committed but no rebuild command writes it"
+    rebuilt = {root / rel for rel in written} | inputs(root, commands)
+    errors += [f"{name}: {p.relative_to(root)} is committed but no rebuild command writes it (or names it)"
                for p in outputs(study) if p not in rebuilt]  # fmt: skip
     return errors
 

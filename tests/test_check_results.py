@@ -90,6 +90,21 @@ def test_a_committed_file_no_command_writes_fails(repo, capsys):
     assert code == 1 and "old_table.md is committed but no rebuild command writes it" in out
 
 
+def test_a_named_input_file_is_not_an_output_and_scripts_may_write_stdout(repo, capsys):
+    (repo / "scripts").mkdir()
+    (repo / "scripts" / "show.py").write_text("import sys\nprint(open(sys.argv[1]).read().upper(), end='')\n")
+    (repo / "results" / "toy" / "spec.yaml").write_text("claim: k-means wins\n")
+    (repo / "results" / "toy" / "claims.md").write_text("CLAIM: K-MEANS WINS\n")
+    commands = ("qbench table results/toy --out results/toy/table.md\n"
+                "python scripts/show.py results/toy/spec.yaml > results/toy/claims.md")  # fmt: skip
+    (repo / "results" / "toy" / "README.md").write_text(readme(commands))
+    code, out = run(repo, capsys)
+    assert code == 0, out
+    (repo / "results" / "toy" / "claims.md").write_text("CLAIM: LINEAR WINS\n")
+    code, out = run(repo, capsys)
+    assert code == 1 and "claims.md differs" in out
+
+
 def test_a_readme_table_must_be_a_copy_of_its_source(repo, capsys):
     text = (repo / "results" / "toy" / "README.md").read_text()
     (repo / "results" / "toy" / "README.md").write_text(text.replace("| 83.0        |", "| 82.0        |", 1))
@@ -117,3 +132,10 @@ def test_superseded_is_skipped_but_not_citable_and_a_study_needs_records(repo, c
     code, out = run(repo, capsys)
     assert "README.md cites results/old/, which is superseded" in out
     assert "README.md cites results/empty/, which has no records" in out
+
+
+def test_a_study_readme_without_a_rebuild_block_fails(repo, capsys):
+    text = (repo / "results" / "toy" / "README.md").read_text()
+    (repo / "results" / "toy" / "README.md").write_text(text.replace("```sh rebuild", "```sh"))
+    code, out = run(repo, capsys)
+    assert code == 1 and "has no ```sh rebuild block" in out
