@@ -123,12 +123,15 @@ def field(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def where(df: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
-    """Rows matching every FIELD=VALUE (string or numeric equality)."""
+    """Rows matching every FIELD=VALUE (string or numeric equality); scheme=NAME also matches a label with W-E-A
+    bits ('mds 4-4-8'), so that scheme=mds keeps every W-E-A setting of MDS without distillation."""
     for cond in conditions:
         name, sep, value = cond.partition("=")
         if not sep:
             raise QbenchError(f"--where {cond!r}: expected FIELD=VALUE, e.g. order=ptq or train.lr=5e-05")
         keep = field(df, name).map(lambda v, value=value: same(v, value))
+        if name == "scheme":  # the label less its W-E-A bits ('mds 4-4-8'): scheme=mds as `qbench run` takes it
+            keep |= df["scheme"].map(lambda v, value=value: str(v).split(" ")[0] == value)
         if name in ("order", "train.order") or name.startswith("train.qat."):
             keep |= orderless_fp(df)  # the FP fine-tune belongs to every order and every QAT setting
         df = df[keep]
@@ -477,13 +480,15 @@ def ranges_figure(df: pd.DataFrame, plt):
     for ax, (_, r) in zip(axes.flat, first.iterrows(), strict=False):
         ranges = r["diagnosis"]["ranges"]
         x = range_positions(ranges)
-        for xi, t in zip(x, ranges, strict=True):
-            c = colors[t["module"]]
-            ax.scatter(xi, t["max_over_mean"], facecolors="none", edgecolors=c, s=22)
-            if "clip_over_mean" in t:
-                ax.scatter(xi, t["clip_over_mean"], color=c, s=18)
-                if t.get("clip_over_mean_init") is not None:
-                    ax.scatter(xi, t["clip_over_mean_init"], color=c, marker="x", s=14, linewidths=0.8)
+        # one scatter call per kind of point, not per tensor (a call per tensor: minutes to draw 12 panels)
+        styles = {"max_over_mean": {"facecolors": "none", "s": 22}, "clip_over_mean": {"s": 18},
+                  "clip_over_mean_init": {"marker": "x", "s": 14, "linewidths": 0.8}}  # fmt: skip
+        for key, style in styles.items():
+            kept = [(xi, t[key], colors[t["module"]]) for xi, t in zip(x, ranges, strict=True) if t.get(key)]
+            if kept:
+                xs, ys, cs = zip(*kept, strict=True)
+                color = {"edgecolors": cs} if key == "max_over_mean" else {"color": cs}
+                ax.scatter(xs, ys, **color, **style)
         ax.set_yscale("log")
         ax.set_title(f"{r['task']}: {r['series']} (seed {r['seed']})", fontsize=9)
         ax.set_xlabel("layer (-1: embeddings)")
@@ -509,7 +514,9 @@ def save(fig, stem: str, plt) -> list[Path]:
     for ext in ("png", "svg"):
         path = Path(f"{stem}.{ext}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        # no date and fixed ids in the SVG: the same records give the same file (scripts/check_results.py)
+        with plt.rc_context({"svg.hashsalt": "qbench"}):
+            fig.savefig(path, dpi=120, metadata={"Date": None} if ext == "svg" else None)
         files.append(path)
     plt.close(fig)
     return files

@@ -124,6 +124,21 @@ def test_where_picks_one_configuration_and_fields_can_place_it(tmp_path, capsys)
     assert rows == ["| 0.0001     | –          | 78.0       |", "| 5e-05      | 85.0 ± 1.4 | 81.0 ± 1.4 |"]
 
 
+def test_where_scheme_matches_the_label_without_its_wea_bits(tmp_path, capsys):
+    # paper B's cells are labelled 'mds 4-4-8' / 'mds+kd_tcd 4-4-8': scheme=mds found none of them
+    wea = {"bits": 4, "wea": "4-4-8"}
+    kd = {"name": "kd_tcd", "task_weight": 1.0, "kd_weight": 1.0, "tcd_weight": 0.1}
+    plain, distilled = record(0.80, 42), record(0.70, 42, distill=kd)
+    plain["scheme"].update(wea)
+    distilled["scheme"].update(wea)
+    distilled["distill"] = kd
+    write(tmp_path, [plain, distilled, record(0.86, 42, scheme="none")])
+    main(["table", str(tmp_path), "--where", "scheme=mds", "--where", "distill=none", "--cols", "scheme"])
+    assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 80.0        |"
+    main(["table", str(tmp_path), "--where", "scheme=mds+kd_tcd", "--cols", "scheme"])
+    assert capsys.readouterr().out.splitlines()[0].split("|")[3].strip() == "mds+kd_tcd 4-4-8"
+
+
 def test_the_same_run_found_twice_counts_once(tmp_path, capsys):
     write(tmp_path, [record(0.82, 42, study="a"), record(0.80, 42, study="b")])  # a rerun in another study
     main(["table", str(tmp_path)])
