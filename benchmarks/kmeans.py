@@ -204,7 +204,12 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
     block sums, search, labels over the sorted copy), and np.sort apart. Tensors below _COARSE_MIN values (MiniLM's
     token-type table: 768) time the Lloyd loop from the linear init only, without the second pass kmeans_1d adds at
     k <= 16."""
-    K = importlib.import_module("qbench.quant.kmeans1d")
+    from qbench.quant.kmeans1d.base import _ceil_to, init_centroids
+    from qbench.quant.kmeans1d.labels import _labels
+    from qbench.quant.kmeans1d.lloyd import _iterate
+    from qbench.quant.kmeans1d.runs import _Runs
+    from qbench.quant.kmeans1d.search import _COARSE_MIN, _solve_large
+
     out = {}
     for bits in BITS:
         k, by_size = 2**bits, {}
@@ -215,18 +220,18 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
             t["np.sort"] += timed(lambda x=x: np.sort(x), REPEAT)[1]
             xs, dt = timed(lambda x=x: np.sort(x), REPEAT)
             t["sort"] += dt
-            runs, dt = timed(lambda xs=xs: K._Runs(xs, None), REPEAT)
+            runs, dt = timed(lambda xs=xs: _Runs(xs, None), REPEAT)
             t["block sums"] += dt
-            large = x.size >= K._COARSE_MIN
+            large = x.size >= _COARSE_MIN
             window = max(16, (1 << 12) // k)
             if large:
-                (c, _, _), dt = timed(lambda r=runs, k=k, w=window: K._solve_large(r, k, 100, True, w), REPEAT)
+                (c, _, _), dt = timed(lambda r=runs, k=k, w=window: _solve_large(r, k, 100, True, w), REPEAT)
             else:
-                c0 = K.init_centroids(torch.from_numpy(xs), k, "linear").numpy()
-                (c, _, _), dt = timed(lambda r=runs, c0=c0, w=window: K._iterate(r, c0, 100, True, True, w), REPEAT)
+                c0 = init_centroids(torch.from_numpy(xs), k, "linear").numpy()
+                (c, _, _), dt = timed(lambda r=runs, c0=c0, w=window: _iterate(r, c0, 100, True, True, w), REPEAT)
             t["search"] += dt
-            mids = K._ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
-            t["labels"] += timed(lambda x=x, m=mids, xs=xs: K._labels(x, m, xs.view(np.int32)), REPEAT)[1]
+            mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+            t["labels"] += timed(lambda x=x, m=mids, xs=xs: _labels(x, m, xs.view(np.int32)), REPEAT)[1]
         out[bits] = dict(sorted(by_size.items()))
     return out
 
