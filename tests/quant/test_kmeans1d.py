@@ -150,6 +150,21 @@ def test_fewer_distinct_values_than_k():
     assert torch.equal(r.centroids[r.labels], x)
 
 
+@pytest.mark.parametrize("improve", [True, False])
+@pytest.mark.parametrize("k", [2, 4])
+def test_single_value(k, improve):
+    """One value (no split to try: moves index past the end once raised IndexError): every centroid on it, SSE 0;
+    the same for a one-column matrix per row."""
+    r = kmeans_1d(torch.tensor([0.5]), k, improve=improve)
+    assert torch.equal(r.centroids, torch.full((k,), 0.5)) and r.sse == 0.0 and 0 <= int(r.labels[0]) < k
+    r = kmeans_1d(torch.tensor([0.5]), k, weights=torch.tensor([2.0]), improve=improve)
+    assert torch.equal(r.centroids, torch.full((k,), 0.5)) and r.sse == 0.0
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    rr = kmeans_1d_rows(torch.tensor([[0.5], [-1.0]]), k, improve=improve)
+    assert torch.equal(rr.centroids, torch.tensor([[0.5], [-1.0]]).expand(2, k)) and rr.sse == 0.0
+
+
 @pytest.mark.parametrize("search", ["lloyd", "global"])
 def test_labels_written_over_the_sorted_copy_leave_the_input_alone(search):
     """kmeans_1d writes its int32 labels into the memory of its sorted copy: the caller's tensor stays unchanged."""

@@ -16,6 +16,8 @@ def _improve(runs: _Runs, c: np.ndarray, b: np.ndarray, cnt: np.ndarray, tot: np
 
     Splitting run [a, e) at p lowers the SSE by cL cR / (cL + cR) (mL - mR)^2; merging two runs raises it by
     the same expression of the two runs. Moves touch disjoint clusters, so their effects add up."""
+    if runs.n < 2:  # one value: nothing to split (and no xs[1] to compare)
+        return None
     a, e = b[:-1], b[1:]
     cnt = cnt.astype(np.float64)
     nonempty = cnt > 0

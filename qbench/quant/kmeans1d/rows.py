@@ -63,6 +63,8 @@ def _row_weights(weights: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.T
 
 def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     """One split-merge move in each of `rows` where it lowers the SSE (c updated in place); the rows moved."""
+    if xs.shape[1] < 2:  # one value per row: nothing to split
+        return rows[:0]
     cen = c[rows]
     g, k = cen.shape
     xr = xs[rows]  # (g, m): the searches need the rows' sorted values; everything else is gathered in place
