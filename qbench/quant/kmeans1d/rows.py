@@ -8,8 +8,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from qbench.quant.kmeans1d.base import INITS, KMeansResult, init_centroids
+from qbench.quant.kmeans1d.base import INITS, SEARCHES, KMeansResult, init_centroids
 from qbench.quant.kmeans1d.labels import _row_labels
+from qbench.quant.kmeans1d.rowsearch import search_rows
 from qbench.quant.kmeans1d.runs import _sum_sq
 
 
@@ -116,6 +117,30 @@ def _move_rows(rows, c, xs, s0, s1, bounds) -> torch.Tensor:
     return rows[idx]
 
 
+def _searched(xs: torch.Tensor, s0, s1: torch.Tensor, k: int, c0: torch.Tensor, bounds=None) -> torch.Tensor:
+    """(G, k) float64: the means of the runs of rowsearch.search_rows (from the runs of c0 when `bounds` is given);
+    rows where a run has no weight (fewer than k distinct values of positive weight) keep c0."""
+    b0 = None if bounds is None else bounds(xs, c0).numpy()
+    b = torch.from_numpy(search_rows(xs.numpy(), None if s0 is None else s0.numpy(), s1.numpy(), k, b0))
+    w = _diff1(b.double() if s0 is None else s0.gather(1, b))
+    v = _diff1(s1.gather(1, b))
+    ok = (w > 0).all(1, keepdim=True)
+    return torch.where(ok, v / torch.where(w > 0, w, 1.0), c0)
+
+
+def _moves(c, xs, s0, s1, bounds, lloyd, max_iter: int, rounds: int) -> torch.Tensor:
+    """Up to `rounds` rounds of one split-merge move per row, each followed by Lloyd (c updated in place); the rows
+    that any move changed."""
+    rows, moved = torch.arange(c.shape[0]), []
+    for _ in range(rounds):
+        rows = _move_rows(rows, c, xs, s0, s1, bounds)
+        if rows.numel() == 0:
+            break
+        moved.append(rows)
+        lloyd(rows, max_iter)
+    return torch.unique(torch.cat(moved)) if moved else rows[:0]
+
+
 def _diff1(v: torch.Tensor) -> torch.Tensor:
     return v[:, 1:] - v[:, :-1]
 
@@ -142,6 +167,7 @@ def kmeans_1d_rows(
     seed: int = 0,
     weights: torch.Tensor | None = None,
     improve: bool = False,
+    search: str = "lloyd",
 ) -> KMeansResult:
     """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total
     (weighted when weights are given).
@@ -161,13 +187,26 @@ def kmeans_1d_rows(
     neighbouring clusters whose merge costs least (an empty cluster merges for free) and splits the cluster whose
     split at its mean gains most, when that lowers its SSE (both exact from the prefix sums), then runs Lloyd again;
     rounds repeat while some row improves (at most 4k). Every row still ends at a Lloyd fixed point (or max_iter),
-    with an SSE no higher than plain Lloyd's from the same init (the result differs from kmeans_1d's moves)."""
+    with an SSE no higher than plain Lloyd's from the same init (the result differs from kmeans_1d's moves).
+
+    search="global": each row starts from the near-optimal run boundaries of rowsearch.search_rows (equal-distortion
+    start, joint boundary searches; `init` is validated but unused, except for rows with fewer than k distinct
+    values), then plain Lloyd steps to a fixed point. search="lloyd" (default): every row iterates from `init`."""
+    if search not in SEARCHES:
+        raise ValueError(f"unknown k-means search {search!r}; valid: {', '.join(SEARCHES)}")
     with _one_thread():
-        return _rows(x, k, init, max_iter, seed, weights, improve)
+        return _rows(x, k, init, max_iter, seed, weights, improve, search)
 
 
 def _rows(
-    x: torch.Tensor, k: int, init: str, max_iter: int, seed: int, weights: torch.Tensor | None, improve: bool
+    x: torch.Tensor,
+    k: int,
+    init: str,
+    max_iter: int,
+    seed: int,
+    weights: torch.Tensor | None,
+    improve: bool,
+    search: str = "lloyd",
 ) -> KMeansResult:
     """kmeans_1d_rows' work (see there)."""
     x = x.detach()
@@ -189,7 +228,14 @@ def _rows(
         s0 = torch.cat([zero, torch.cumsum(ws, 1)], 1)
         s1 = torch.cat([zero, torch.cumsum(ws * xs.double(), 1)], 1)
         del ws, order
-    c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
+    if search == "global" and k >= 2:  # init unused but validated; the fallback start of rows the search cannot split
+        if init not in INITS:
+            raise ValueError(f"unknown k-means init {init!r}; valid: {', '.join(INITS)}")
+        c = init_centroids_rows(xs, k, "density")
+    else:
+        c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
+    if search == "global" and k >= 2:
+        c = _searched(xs, s0, s1, k, c)
 
     def bounds(xw: torch.Tensor, cen: torch.Tensor) -> torch.Tensor:
         """(A, k+1) run starts of the centroids cen (A, k) in the sorted rows xw (A, m) (nearest, ties right)."""
@@ -230,12 +276,10 @@ def _rows(
             b_w = b_mean
 
     lloyd(torch.arange(g_all), max_iter)
-    rows = torch.arange(g_all)
-    for _ in range(4 * k if improve and k >= 3 else 0):  # split-merge moves, one per row and round
-        rows = _move_rows(rows, c, xs, s0, s1, bounds)
-        if rows.numel() == 0:
-            break
-        lloyd(rows, max_iter)
+    moved = _moves(c, xs, s0, s1, bounds, lloyd, max_iter, 4 * k if (improve or search == "global") and k >= 3 else 0)
+    if search == "global" and k >= 2 and moved.numel():  # the rows the moves changed: searched again from there
+        c[moved] = _searched(xs[moved], None if s0 is None else s0[moved], s1[moved], k, c[moved], bounds)
+        lloyd(moved, max_iter)
     mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
     labels = _row_labels(x, mids)  # (G, m): number of midpoints <= each value
     if w_sse is None:  # sum x^2 minus the fit, from the prefix sums at the final runs (no data-sized temporaries)
