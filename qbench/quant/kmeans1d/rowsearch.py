@@ -82,17 +82,20 @@ def _viterbi_rows(s0, s1, b: np.ndarray, stride: np.ndarray, m: int, half: int) 
     v_end = s1[:, -1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(w[:, 0] > 0, v[:, 0] ** 2 / w[:, 0], -math.inf)  # (G, C): the run [0, cand[0])
-        d0 = w[:, 1:, None, :] - w[:, :-1, :, None]  # (G, k-2, C, C): the run [cand[j, a], cand[j+1, c])
-        d1 = v[:, 1:, None, :] - v[:, :-1, :, None]
+        # (k-2, G, C, C) [j, row, c, a]: the run [cand[j, a], cand[j+1, c]) (a last: argmax and max along the
+        # contiguous axis, each layer j contiguous)
+        wt, vt = np.ascontiguousarray(w.transpose(1, 0, 2)), np.ascontiguousarray(v.transpose(1, 0, 2))
+        d0 = wt[1:, :, :, None] - wt[:-1, :, None, :]
+        d1 = vt[1:, :, :, None] - vt[:-1, :, None, :]
         np.multiply(d1, d1, out=d1)
         f = np.divide(d1, d0, out=np.full(d0.shape, -math.inf), where=d0 > 0)
         dl = w_end - w[:, -1]
         last = np.where(dl > 0, (v_end - v[:, -1]) ** 2 / dl, -math.inf)  # (G, C): the last run
     best, args = first, []
     for j in range(k1 - 3):
-        tot = best[:, :, None] + f[:, j]  # (G, C, C): [previous candidate, this candidate]
-        args.append(tot.argmax(1))
-        best = tot.max(1)
+        tot = f[j] + best[:, None, :]  # (G, C, C): [this candidate, previous candidate]
+        args.append(tot.argmax(2))
+        best = tot.max(2)
     best = best + last
     sel = best.argmax(1)
     fit = np.take_along_axis(best, sel[:, None], 1)[:, 0]
