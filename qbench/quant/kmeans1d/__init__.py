@@ -30,7 +30,8 @@ Large unweighted inputs (>= _COARSE_MIN values, improve=True) are searched from 
 
 Files: base (result type, initial centroids, assign), runs (sorted values and prefix sums), labels (labels in
 input order), lloyd (the Lloyd loop with moves), search (the global search), tensor (kmeans_1d), rows
-(kmeans_1d_rows), reference (the exact dynamic programme and scikit-learn).
+(kmeans_1d_rows), rowsearch (kmeans_1d_rows' near-optimal search="global"), reference (the exact dynamic
+programme and scikit-learn).
 """
 
 from qbench.quant.kmeans1d.base import INITS, SEARCHES, KMeansResult, assign, init_centroids

@@ -169,8 +169,9 @@ def kmeans_1d_rows(
     improve: bool = False,
     search: str = "lloyd",
 ) -> KMeansResult:
-    """Plain Lloyd k-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total
-    (weighted when weights are given).
+    """K-means of every row of x (G, m), all rows at once: centroids (G, k), labels (G, m), sse the total (weighted
+    when weights are given). search="lloyd" (default): plain Lloyd from `init` (below); search="global": a
+    near-optimal search per row (rowsearch.py; last paragraph).
 
     Row g's result equals kmeans_1d(x[g], k, init, max_iter, weights=weights[g], improve=False, accelerate=False)
     (bit for bit on float32 data: same float64 prefix sums, same float32 midpoint searches, same stopping rule per
