@@ -88,12 +88,14 @@ def _viterbi_rows(s0, s1, b: np.ndarray, stride: np.ndarray, m: int, half: int) 
         d0 = wt[1:, :, :, None] - wt[:-1, :, None, :]
         d1 = vt[1:, :, :, None] - vt[:-1, :, None, :]
         np.multiply(d1, d1, out=d1)
-        f = np.divide(d1, d0, out=np.full(d0.shape, -math.inf), where=d0 > 0)
+        valid = d0 > 0
+        f = np.divide(d1, d0, out=d1, where=valid)  # S1^2 / S0 of each run, -inf where it has no weight
+        np.copyto(f, -math.inf, where=~valid)
         dl = w_end - w[:, -1]
         last = np.where(dl > 0, (v_end - v[:, -1]) ** 2 / dl, -math.inf)  # (G, C): the last run
     best, args = first, []
     for j in range(k1 - 3):
-        tot = f[j] + best[:, None, :]  # (G, C, C): [this candidate, previous candidate]
+        tot = np.add(f[j], best[:, None, :], out=f[j])  # (G, C, C): [this candidate, previous candidate]
         args.append(tot.argmax(2))
         best = tot.max(2)
     best = best + last
@@ -128,6 +130,8 @@ def _starts(xs: np.ndarray, s0, k: int) -> list[np.ndarray]:
     b = eq
     for _ in range(_RESPACES):
         b = _respace(xs, s0, b)
+    if _STARTS < 3:
+        return [b, eq][:_STARTS]
     lo, hi = xs[:, :1].astype(np.float64), xs[:, -1:].astype(np.float64)
     cuts = (lo + (hi - lo) * (np.arange(1, k) / k)).astype(np.float32)  # (G, k-1)
     inner = torch.searchsorted(torch.from_numpy(xs), torch.from_numpy(cuts)).numpy()
@@ -158,7 +162,9 @@ def _descend(s0, s1, b: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(_SEARCHES):
         st = stride[live]
         half = _HALF if (st == 1).all() else _HALF_COARSE  # narrow windows while steps shrink, wide on single points
-        nb, nfit = _viterbi_rows(None if s0 is None else s0[live], s1[live], b[live], st, m, half)
+        every = live.size == g  # all rows still searched: the prefix sums as they are (no copy)
+        s0l = None if s0 is None else (s0 if every else s0[live])
+        nb, nfit = _viterbi_rows(s0l, s1 if every else s1[live], b[live], st, m, half)
         cur = fit[live]
         better = nfit > cur + np.where(np.isfinite(cur), 1e-12 * np.abs(cur), 0.0)  # above rounding noise
         # a boundary that ends inside its window is searched next on a finer grid; one at the edge keeps its step
