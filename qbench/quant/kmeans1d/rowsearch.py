@@ -1,20 +1,25 @@
 """kmeans_1d_rows' global search (search="global"): a near-optimal 1-D k-means of every row of a matrix at once.
 
 Lloyd from a fixed start stalls in poor local optima on rows of a few hundred values (empty clusters, centroids
-spent on the bulk while an outlier pulls a whole cluster): on MiniLM's rows plain Lloyd was 50 % above the exact
-optimum at k = 16. This search works on run boundaries of the sorted rows (every cluster of an optimal 1-D
-clustering is a run of the sorted values), evaluated exactly from the prefix sums, batched over rows in NumPy:
+spent on the bulk while an outlier pulls a whole cluster): on sampled MiniLM rows plain Lloyd from the linear init is
+51 % above the exact optimum at k = 16 (benchmarks/kmeans_rows_gap.py). This search works on run boundaries of the
+sorted rows (every cluster of an optimal 1-D clustering is a run of the sorted values), evaluated exactly from the
+prefix sums, batched over chunks of _CHUNK_ROWS rows in NumPy:
 
 1. start: equal-count runs, re-spaced twice to equal distortion per run (high-resolution theory: a run of weight W
    and width d has an SSE ~ W d^2 / 12, and an optimal quantizer gives every cluster the same; _respace);
-2. joint boundary searches (_viterbi_rows): every inner boundary may move to one of 2 * _HALF + 1 candidates
+2. joint boundary searches (_viterbi_rows): every inner boundary may move to one of 2 * half + 1 candidates
    spaced `stride` apart, and a dynamic programme over the k-1 boundaries picks the best combination exactly
-   (maximum of sum S1^2 / S0 over the runs, i.e. the lowest SSE). Strides start at 1/_HALF of the shorter run next
-   to the boundary (a boundary can cross its neighbours' runs) and halve once the boundary lands inside its window,
-   down to single points; at most _SEARCHES searches.
+   (maximum of sum S1^2 / S0 over the runs, i.e. the lowest SSE). Strides start at 1/_HALF_COARSE of the shorter
+   run next to the boundary (a boundary can cross its neighbours' runs) and shrink by _SHRINK once the boundary
+   lands inside its window, down to single points; a row stops when no joint move on single points lowers its SSE
+   (at most _SEARCHES searches).
 
-The caller (rows.py) then runs plain Lloyd steps to a fixed point (centroids = run means, labels = nearest centroid).
+The caller (rows.py) then runs plain Lloyd steps to a fixed point (centroids = run means, labels = nearest centroid),
+split-merge moves (as improve=True), and searches again, from their runs, the rows that the moves changed.
 Rows with fewer than k distinct values (or of zero weight) where no k non-empty runs exist keep their start.
+_STARTS > 1 also searches from plain equal-count and equal-width runs and keeps each row's best (about 3x the time
+for a slightly lower mean gap; 1 by default).
 """
 
 from __future__ import annotations
