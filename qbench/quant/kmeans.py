@@ -5,7 +5,9 @@ One codebook of 2^bits centroids per tensor (granularity=tensor, paper A), per o
 clustering; during fine-tuning each centroid moves by the sum of its members' gradients.
 
 Per-tensor codebooks use kmeans_1d (Lloyd with split-merge moves). Per-row and per-group codebooks cluster all
-rows (groups) of a matrix in one batched call, kmeans_1d_rows.
+rows (groups) of a matrix in one batched call, kmeans_1d_rows: plain Lloyd from `init` with search=lloyd (the
+per-row cells recorded before issue 27), a near-optimal per-row search with search=global (conf/scheme/kmeans_row
+and kmeans_fisher set it; within ~1 % of each row's optimum, benchmarks/kmeans_rows_gap.py).
 
 weighting=fisher (SqueezeLLM): each weight's squared error counts in proportion to its diagonal Fisher estimate,
 the squared gradient of the task loss averaged over `calib_batches` training batches (qbench.calibrate), so the
@@ -42,7 +44,7 @@ class KMeans(Scheme):
     group_size: int = 128
     weighting: str = "none"  # none | fisher (SqueezeLLM: squared task-loss gradients as sample weights)
     calib_batches: int = 16  # weighting=fisher: training batches the Fisher estimate averages over
-    search: str = "lloyd"  # per tensor: lloyd (paper A: from `init`) | global (near-optimal search, init unused)
+    search: str = "lloyd"  # lloyd (paper A: Lloyd from `init`) | global (near-optimal search, init unused)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,9 +65,8 @@ class KMeans(Scheme):
             raise QbenchError("scheme.weighting=fisher needs backend=qbench (sklearn is the unweighted reference)")
         if self.search not in SEARCHES:
             raise QbenchError(f"scheme.search={self.search!r}; valid: {', '.join(SEARCHES)}")
-        if self.search == "global" and (self.granularity != "tensor" or self.backend != "qbench"):
-            raise QbenchError("scheme.search=global is the per-tensor qbench solver: it needs granularity=tensor "
-                              "and backend=qbench")  # fmt: skip
+        if self.search == "global" and self.backend != "qbench":
+            raise QbenchError("scheme.search=global is a qbench solver: it needs backend=qbench")
         if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
             raise QbenchError(f"scheme.calib_batches must be an integer >= 1, got {self.calib_batches!r}")
 
@@ -99,7 +100,7 @@ class KMeans(Scheme):
     def cluster_rows(self, g: torch.Tensor, fisher: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(centroids (G, k), labels (G, m)) of the rows of g (G, m), one codebook each, in one batched call;
         `fisher` (G, m): sample weights (a row whose weights are all zero is clustered unweighted)."""
-        res = kmeans_1d_rows(g, 2**self.bits, self.init, self.max_iter, seed=self.seed, weights=fisher)
+        res = kmeans_1d_rows(g, 2**self.bits, self.init, self.max_iter, self.seed, fisher, search=self.search)
         return res.centroids, res.labels
 
     def parametrization(self, weight: torch.Tensor, transposed: bool, *, name: str = "", stats=None) -> nn.Module:

@@ -150,6 +150,21 @@ def test_fewer_distinct_values_than_k():
     assert torch.equal(r.centroids[r.labels], x)
 
 
+@pytest.mark.parametrize("improve", [True, False])
+@pytest.mark.parametrize("k", [2, 4])
+def test_single_value(k, improve):
+    """One value (no split to try: moves index past the end once raised IndexError): every centroid on it, SSE 0;
+    the same for a one-column matrix per row."""
+    r = kmeans_1d(torch.tensor([0.5]), k, improve=improve)
+    assert torch.equal(r.centroids, torch.full((k,), 0.5)) and r.sse == 0.0 and 0 <= int(r.labels[0]) < k
+    r = kmeans_1d(torch.tensor([0.5]), k, weights=torch.tensor([2.0]), improve=improve)
+    assert torch.equal(r.centroids, torch.full((k,), 0.5)) and r.sse == 0.0
+    from qbench.quant.kmeans1d import kmeans_1d_rows
+
+    rr = kmeans_1d_rows(torch.tensor([[0.5], [-1.0]]), k, improve=improve)
+    assert torch.equal(rr.centroids, torch.tensor([[0.5], [-1.0]]).expand(2, k)) and rr.sse == 0.0
+
+
 @pytest.mark.parametrize("search", ["lloyd", "global"])
 def test_labels_written_over_the_sorted_copy_leave_the_input_alone(search):
     """kmeans_1d writes its int32 labels into the memory of its sorted copy: the caller's tensor stays unchanged."""
@@ -175,10 +190,11 @@ def test_fast_labels_match_binary_search(case, chunk, monkeypatch):
     passes are chunked; written into a given buffer, it returns that buffer."""
     import numpy as np
 
-    from qbench.quant import kmeans1d
-    from qbench.quant.kmeans1d import _ceil_to, _labels
+    from qbench.quant.kmeans1d import labels
+    from qbench.quant.kmeans1d.base import _ceil_to
+    from qbench.quant.kmeans1d.labels import _labels
 
-    monkeypatch.setattr(kmeans1d, "_LABEL_CHUNK", chunk)
+    monkeypatch.setattr(labels, "_LABEL_CHUNK", chunk)
     g = torch.Generator().manual_seed(11)
     x = torch.randn(20_000, generator=g) * 0.02
     if case == "outliers":  # a few far values stretch the value range: many boundaries per table cell
@@ -228,19 +244,20 @@ def test_rows_equal_plain_lloyd_per_row(k, init):
 def test_row_labels_match_binary_search(k, monkeypatch):
     """Per-row labels = torch.searchsorted(mids, x, right=True), values on a midpoint included, over several row
     chunks with a short last one."""
-    import qbench.quant.kmeans1d as K
+    import qbench.quant.kmeans1d.labels as L
+    from qbench.quant.kmeans1d.rows import _ceil_f32
 
-    monkeypatch.setattr(K, "_LABEL_CHUNK", 1000)  # 3 rows of 300 per chunk: 4 chunks, the last of 1 row
+    monkeypatch.setattr(L, "_LABEL_CHUNK", 1000)  # 3 rows of 300 per chunk: 4 chunks, the last of 1 row
     g = torch.Generator().manual_seed(k)
     x = torch.randn(10, 300, generator=g)
-    mids = K._ceil_f32(torch.sort(torch.randn(10, k - 1, generator=g, dtype=torch.float64), 1).values)
+    mids = _ceil_f32(torch.sort(torch.randn(10, k - 1, generator=g, dtype=torch.float64), 1).values)
     x[:, :5] = mids[:, :1]  # ties go right, as in searchsorted(right=True)
-    got = K._row_labels(x, mids)
+    got = L._row_labels(x, mids)
     assert got.dtype == torch.int32 and torch.equal(got.long(), torch.searchsorted(mids, x, right=True))
 
 
 def test_rows_linspace_init_matches_torch_linspace():
-    from qbench.quant.kmeans1d import _linspace_rows
+    from qbench.quant.kmeans1d.rows import _linspace_rows
 
     lo, hi = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64) + 3
     for k in (1, 2, 3, 16, 255, 256):
@@ -323,17 +340,17 @@ def test_rows_zero_weight_row_is_clustered_unweighted():
 @pytest.mark.parametrize("k", [4, 16, 256])
 def test_blocked_prefix_sums_match_full(k, monkeypatch):
     """Large inputs keep prefix sums every 32 values (one reduction pass, no n-sized cumsum): same clustering."""
-    import qbench.quant.kmeans1d as K
+    import qbench.quant.kmeans1d.runs as R
 
     x = _data("laplace", 70_001, k)  # not a multiple of the block: a partial last block
     blocked = kmeans_1d(x, k, "linear", 60)
-    monkeypatch.setattr(K, "_BLOCKED_MIN", 10**9)
+    monkeypatch.setattr(R, "_BLOCKED_MIN", 10**9)
     full = kmeans_1d(x, k, "linear", 60)
     torch.testing.assert_close(blocked.centroids, full.centroids, rtol=1e-6, atol=1e-9)
     assert blocked.sse == pytest.approx(full.sse, rel=1e-7)
     assert (blocked.labels != full.labels).float().mean() < 1e-4
     xs = np.sort(x.numpy())
-    runs, ref = K._Runs(xs, None), np.concatenate([[0.0], np.cumsum(xs, dtype=np.float64)])
+    runs, ref = R._Runs(xs, None), np.concatenate([[0.0], np.cumsum(xs, dtype=np.float64)])
     j = np.array([0, 1, 31, 32, 33, 4095, 70_000, 70_001])
     np.testing.assert_allclose(runs.s1_at(j), ref[j], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import qbench.quant.kmeans1d as K
+import qbench.quant.kmeans1d.runs as R
+import qbench.quant.kmeans1d.search as S
 from qbench.quant.kmeans1d import assign, kmeans_1d, kmeans_1d_dp, kmeans_1d_rows
+from qbench.quant.kmeans1d.base import _ceil_to, _fit
+from qbench.quant.kmeans1d.labels import _labels
 
 
 def _sse(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> float:
@@ -30,8 +33,8 @@ def _best_bounds(xs: np.ndarray, k: int) -> tuple[float, tuple[int, ...]]:
 def test_viterbi_hand_computed():
     """Three groups, boundaries one point off each: the joint search puts both on the gaps."""
     xs = np.array([0.0, 1, 2, 10, 11, 12, 20, 21])
-    runs = K._Runs(xs, None)
-    b = K._viterbi(runs, np.array([0, 2, 5, 8]), np.array([1, 1]))
+    runs = R._Runs(xs, None)
+    b = S._viterbi(runs, np.array([0, 2, 5, 8]), np.array([1, 1]))
     assert b.tolist() == [0, 3, 6, 8]
 
 
@@ -40,13 +43,13 @@ def test_viterbi_is_exact_within_its_windows(seed):
     """With windows covering every point, one joint search is the optimum over all partitions (brute force)."""
     rng = np.random.default_rng(seed)
     xs = np.sort(rng.standard_normal(11) ** 3)
-    runs = K._Runs(xs, None)
+    runs = R._Runs(xs, None)
     for k in (2, 3, 4):
         start = np.linspace(0, xs.size, k + 1).astype(np.int64)
-        b = K._viterbi(runs, start, np.ones(k - 1, dtype=np.int64))
+        b = S._viterbi(runs, start, np.ones(k - 1, dtype=np.int64))
         cnt, tot = runs.stats(b)
         opt, cuts = _best_bounds(xs, k)
-        assert runs.sum_sq - K._fit(tot / cnt, cnt, tot) == pytest.approx(opt, rel=1e-9, abs=1e-12)
+        assert runs.sum_sq - _fit(tot / cnt, cnt, tot) == pytest.approx(opt, rel=1e-9, abs=1e-12)
         assert tuple(b[1:-1].tolist()) == cuts
 
 
@@ -56,27 +59,27 @@ def test_viterbi_on_weighted_points_is_the_weighted_optimum(seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.sort(torch.randn(12, generator=g, dtype=torch.float64) ** 3).values
     w = torch.rand(12, generator=g, dtype=torch.float64) * 5 + 0.5
-    runs = K._Runs(x.numpy(), w.numpy())
+    runs = R._Runs(x.numpy(), w.numpy())
     for k in (2, 3, 4):
-        b = K._viterbi(runs, np.linspace(0, 12, k + 1).astype(np.int64), np.ones(k - 1, dtype=np.int64))
+        b = S._viterbi(runs, np.linspace(0, 12, k + 1).astype(np.int64), np.ones(k - 1, dtype=np.int64))
         cnt, tot = runs.stats(b)
-        assert runs.sum_sq - K._fit(tot / cnt, cnt, tot) == pytest.approx(kmeans_1d_dp(x, k, w).sse, rel=1e-9)
+        assert runs.sum_sq - _fit(tot / cnt, cnt, tot) == pytest.approx(kmeans_1d_dp(x, k, w).sse, rel=1e-9)
 
 
 def test_dp_start_is_the_optimum_when_the_summary_holds_every_point():
     """Fewer points than summary runs: the summary is the data, so its optimum is kmeans_1d_dp's."""
     x = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
-    runs = K._Runs(np.sort(x.numpy()), None)
-    assert K._summary_edges(runs, K._DP_POINTS).tolist() == list(range(41))
+    runs = R._Runs(np.sort(x.numpy()), None)
+    assert S._summary_edges(runs, S._DP_POINTS).tolist() == list(range(41))
     for k in (2, 4, 7):
-        cnt, tot = runs.stats(K._dp_start(runs, k))
+        cnt, tot = runs.stats(S._dp_start(runs, k))
         ref = kmeans_1d_dp(x, k)
         np.testing.assert_allclose(tot / cnt, ref.centroids.double().numpy(), rtol=1e-6)
 
 
 def test_summary_edges_isolate_outliers_and_tails():
     xs = np.sort(np.concatenate([np.linspace(-1, 1, 100_000), [50.0, 60.0]]))
-    e = K._summary_edges(K._Runs(xs, None), 128)
+    e = S._summary_edges(R._Runs(xs, None), 128)
     assert e[0] == 0 and e[-1] == xs.size and np.all(np.diff(e) > 0)
     assert {xs.size - 2, xs.size - 1} <= set(e.tolist())  # each outlier a run of its own
     assert 1 in e.tolist()  # the log-spaced tail runs reach single points
@@ -88,10 +91,10 @@ def test_coarse_runs_have_the_data_sums(blocked, monkeypatch):
     edges and the sum of squares are the data's (so SSEs are); blocks wider than range / (_WIDE k) are split into
     single values."""
     if not blocked:
-        monkeypatch.setattr(K, "_BLOCKED_MIN", 10**9)
+        monkeypatch.setattr(R, "_BLOCKED_MIN", 10**9)
     rng = np.random.default_rng(0)
     xs = np.sort(np.concatenate([rng.standard_normal(70_000) * 0.02, [3.0, 4.0, 5.0]]).astype(np.float32))
-    runs = K._Runs(xs, None)
+    runs = R._Runs(xs, None)
     crs = runs.coarse(16)
     full = np.concatenate([[0.0], np.cumsum(xs, dtype=np.float64)])
     edges = np.concatenate([[0], np.cumsum(crs.s0[1:] - crs.s0[:-1]).round().astype(np.int64)])
@@ -105,7 +108,7 @@ def test_coarse_runs_have_the_data_sums(blocked, monkeypatch):
 
 def test_pd_start_spans_the_data():
     xs = np.sort(np.random.default_rng(2).laplace(size=50_000))
-    c = K._pd_start(K._Runs(xs, None), 256)
+    c = S._pd_start(R._Runs(xs, None), 256)
     assert c.shape == (256,) and np.all(np.diff(c) > 0)
     assert xs[0] <= c[0] and c[-1] <= xs[-1]
 
@@ -115,16 +118,16 @@ def test_respace_equalizes_runs_on_even_data():
     gives k runs of n/k points each (to a point or two: a run's width is (size - 1) / n): centroids at the centres
     of k equal slices."""
     xs = (np.arange(10_000) + 0.5) / 10_000
-    runs = K._Runs(xs, None)
-    c = K._respace(runs, np.linspace(0, 1, 8) ** 3)  # a start crowded at 0
+    runs = R._Runs(xs, None)
+    c = S._respace(runs, np.linspace(0, 1, 8) ** 3)  # a start crowded at 0
     np.testing.assert_allclose(c, (np.arange(8) + 0.5) / 8, atol=2e-4)  # the start is off by up to 0.33
 
 
 def test_respace_lowers_the_pd_start_sse_on_heavy_tails():
     xs = np.sort(np.random.default_rng(4).laplace(size=60_000) ** 3)
-    runs = K._Runs(xs, None)
-    c0 = K._pd_start(runs, 64)
-    c1 = K._respace(runs, c0)
+    runs = R._Runs(xs, None)
+    c0 = S._pd_start(runs, 64)
+    c1 = S._respace(runs, c0)
     assert c1.shape == (64,) and np.all(np.diff(c1) >= 0) and xs[0] <= c1[0] and c1[-1] <= xs[-1]
     assert runs.sse(c1, runs.bounds(c1)) < runs.sse(c0, runs.bounds(c0))
 
@@ -138,7 +141,7 @@ def test_large_input_reaches_the_optimum(k):
     counts = torch.randint(200, 1800, (40,), generator=g)
     x = torch.repeat_interleave(values, counts).float()
     x = x[torch.randperm(x.numel(), generator=g)]
-    assert x.numel() >= K._COARSE_MIN
+    assert x.numel() >= S._COARSE_MIN
     r = kmeans_1d(x, k, "linear", 100, search="global")
     opt = kmeans_1d_dp(values.float().double(), k, weights=counts.double())
     assert r.sse == pytest.approx(opt.sse, rel=1e-9)
@@ -185,10 +188,10 @@ def test_compare_pass_labels_match_binary_search(k):
     x[::5] = 0.0
     flat, xs = x.numpy(), np.sort(x.numpy())
     c = np.sort(np.random.default_rng(k).standard_normal(k)) * 0.1
-    mids = K._ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
+    mids = _ceil_to((c[1:] + c[:-1]) / 2, xs.dtype)
     mids[np.abs(mids).argmin()] = 0.0  # a midpoint on a value held many times
     mids.sort()
-    assert np.array_equal(K._labels(flat, mids), np.searchsorted(mids, flat, side="right"))
+    assert np.array_equal(_labels(flat, mids), np.searchsorted(mids, flat, side="right"))
 
 
 def test_rows_restore_torch_threads():
