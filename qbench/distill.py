@@ -28,7 +28,18 @@ from torch import nn
 from transformers import Trainer
 
 from qbench.errors import QbenchError
-from qbench.teacher_cache import META, ROW, TeacherStates, build, entry_dir, inputs_digest, place, teacher_states
+from qbench.teacher_cache import (
+    META,
+    ROW,
+    TeacherStates,
+    build,
+    entry_dir,
+    hidden,
+    inputs_digest,
+    place,
+    teacher_states,
+    token_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +115,6 @@ def tcd_loss(student: torch.Tensor, teacher: torch.Tensor, mask=None, tau: float
     if bank is not None and len(bank):
         logits = torch.cat([logits, zs @ bank.t()], 1)
     return F.cross_entropy(logits / tau, target)
-
-
-def token_mask(model, inputs: dict) -> torch.Tensor | None:
-    """Which positions are real tokens: decoder tokens with a label (encoder-decoder), else the attention mask."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return inputs["labels"] != -100
-    return inputs.get("attention_mask")
-
-
-def hidden(out, layer: int) -> torch.Tensor:
-    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
-    return states[layer]
 
 
 PROJECTION = "qbench_tcd_projection"  # the student's attribute holding TCD's projection during train()

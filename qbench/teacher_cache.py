@@ -3,7 +3,7 @@
 The teacher is frozen and runs in eval mode (no dropout), so what distillation reads from it for one training
 example never changes: computing it again in every epoch and every distilled cell of a sweep was the whole cost
 of KD/TCD over plain QAT. An entry holds, for each example of the training set (row i = the dataset's row i) and
-each of its scored tokens (qbench.distill.token_mask: the attention mask; labelled decoder tokens for
+each of its scored tokens (`token_mask`: the attention mask; labelled decoder tokens for
 encoder-decoder models), as flat arrays with row i at offsets[i]:offsets[i + 1], read memory-mapped:
 - `hidden` (tokens, d) float16: the states of hidden layer `distill.layer` (TCD);
 - `head` (tokens, d) float16: what goes into the teacher's output layer when its logits are per token (language
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from qbench.distributed import barrier, is_main
+from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
 ROW = "qbench_row"  # the column (and batch key) holding each example's row in the training set
@@ -62,6 +63,18 @@ def inputs_digest(ds, columns: list[str]) -> str:
                 col = pc.list_flatten(col)
             h.update(col.to_numpy(zero_copy_only=False).tobytes())
     return h.hexdigest()
+
+
+def token_mask(model, inputs: dict) -> torch.Tensor | None:
+    """Which positions are real tokens: decoder tokens with a label (encoder-decoder), else the attention mask."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return inputs["labels"] != -100
+    return inputs.get("attention_mask")
+
+
+def hidden(out, layer: int) -> torch.Tensor:
+    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+    return states[layer]
 
 
 def entry_dir(fp_cache: Path, layer: int, digest: str) -> Path:
@@ -166,8 +179,6 @@ class Writer:
 def build(folder: Path, teacher, ds, collate, layer: int, batch_size: int, device) -> None:
     """Write the entry of teacher on ds (the model's input columns only) into `folder`: one eval-mode forward pass
     per batch of `batch_size` examples of similar lengths (less padding than training batches)."""
-    from qbench.distill import hidden, token_mask
-
     lengths = [len(x) for x in ds["input_ids"]]
     order = sorted(range(len(ds)), key=lengths.__getitem__)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -206,8 +217,6 @@ def build(folder: Path, teacher, ds, collate, layer: int, batch_size: int, devic
 def check_head(teacher, head, x: torch.Tensor | None, logits: torch.Tensor) -> None:
     """The teacher's logits must be its output layer applied to that layer's input (no bias added after, no
     soft-capping), for the cache to derive them."""
-    from qbench.errors import QbenchError
-
     if x is None or x.shape[:-1] != logits.shape[:-1] or not torch.allclose(head(x), logits, rtol=1e-5, atol=1e-5):
         raise QbenchError(f"distill.cache_teacher: {type(teacher).__name__}'s logits are not its output layer of the "
                           "states before it; set distill.cache_teacher=false")  # fmt: skip
