@@ -12,12 +12,14 @@ import argparse
 import json
 import math
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from qbench.errors import QbenchError
+from qbench.record import DamagedRecord, read_record
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,11 @@ def read_sensitivity(records_dir: str | Path) -> Study:
 
 
 def load(path: Path) -> dict | None:
-    """A completed record with its config, and where it lies; None otherwise."""
+    """A completed record with its config, and where it lies; None otherwise (a damaged one: with a warning)."""
     try:
-        r = json.loads(path.read_text())
-    except (OSError, ValueError):
+        r = read_record(path)
+    except DamagedRecord as e:
+        print(f"qbench: warning: {e}; skipped", file=sys.stderr)
         return None
     return {**r, "_path": str(path.parent)} if r.get("status") == "completed" and "config" in r else None
 

@@ -10,7 +10,6 @@ answers at once and a bad group name fails before torch is loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import datetime, timezone
@@ -161,10 +160,11 @@ def export_run(run_dir: str | Path) -> str:
     """`qbench export RUN_DIR` (see EXPORT_HELP); returns the lines to print."""
     from qbench.pipeline import run
     from qbench.quant.checkpoint import PACKED_NAME, load_packed
+    from qbench.record import read_record
 
     run_dir = Path(run_dir)
     packed, rec_path, hydra_cfg = run_dir / PACKED_NAME, run_dir / "record.json", run_dir / ".hydra" / "config.yaml"
-    record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    record = read_record(rec_path) if rec_path.is_file() else None
     if packed.is_file():
         load_packed(packed)
         s = (record or {}).get("size") or {}

@@ -39,6 +39,7 @@ from qbench.teacher_cache import (
     place,
     teacher_states,
     token_mask,
+    weights_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,9 @@ class DistillTrainer(Trainer):
     def teacher_states(self) -> TeacherStates:
         """The cache entry of the teacher on this training set: loaded, or built once (qbench.teacher_cache)."""
         ds = self._remove_unused_columns(self.train_dataset).remove_columns(ROW)  # the model's inputs
-        path = entry_dir(self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names))
+        path = entry_dir(
+            self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names), weights_digest(self.teacher)
+        )
         built, a = not (path / META).is_file(), self.args
         states = teacher_states(path, lambda tmp: build(tmp, self.teacher, ds, self._collate, self.spec.layer,
                                                         a.per_device_eval_batch_size, a.device))  # fmt: skip

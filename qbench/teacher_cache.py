@@ -22,9 +22,10 @@ to another length. That is far under training's run-to-run noise, hence on by de
 id (qbench.sweep.EXCLUDED), like the device; `distill.cache_teacher=false` runs the teacher on every batch.
 
 Key: the teacher's FP cache entry (model, task, seed, training config, data: qbench.fp_cache), a digest of the
-training set's model inputs (so another max length, subset or tokenizer is another entry) and the layer. Written
-into a temporary folder renamed into place, so an interrupted build leaves no entry and a concurrent job finds a
-whole one or none.
+teacher's weights (`weights_digest`: a teacher fine-tuned again into the same entry is another teacher), a digest
+of the training set's model inputs (so another max length, subset or tokenizer is another entry) and the layer.
+Written into a temporary folder, its manifest last (qbench.integrity), renamed into place, so an interrupted build
+leaves no entry and a concurrent job finds a whole one or none; an entry damaged since is rebuilt.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch
 
 from qbench.distributed import barrier, is_main
 from qbench.errors import QbenchError
+from qbench.integrity import discard, folder_problem, seal_folder
 
 log = logging.getLogger(__name__)
 ROW = "qbench_row"  # the column (and batch key) holding each example's row in the training set
@@ -77,10 +79,21 @@ def hidden(out, layer: int) -> torch.Tensor:
     return states[layer]
 
 
-def entry_dir(fp_cache: Path, layer: int, digest: str) -> Path:
-    """<cache root>/teacher/<FP cache entry name>-<12 hex of (inputs digest, layer)>: next to the teacher's entry
-    (<cache root>/finetuned/<name>)."""
-    key = hashlib.sha1(json.dumps({"inputs": digest, "layer": layer}).encode()).hexdigest()[:12]
+def weights_digest(model) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes and bytes, in order): two teachers share a cache
+    entry only when their weights are the same, whatever folder they were loaded from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def entry_dir(fp_cache: Path, layer: int, digest: str, teacher: str) -> Path:
+    """<cache root>/teacher/<FP cache entry name>-<12 hex of (inputs digest, layer, teacher's weights digest)>:
+    next to the teacher's entry (<cache root>/finetuned/<name>)."""
+    key = hashlib.sha1(json.dumps({"inputs": digest, "layer": layer, "teacher": teacher}).encode()).hexdigest()[:12]
     return fp_cache.parent.parent / "teacher" / f"{fp_cache.name}-{key}"
 
 
@@ -121,14 +134,19 @@ def place(flat: torch.Tensor, mask: torch.Tensor | None, shape: torch.Size) -> t
 
 
 def teacher_states(path: Path, build: Callable[[Path], None]) -> TeacherStates:
-    """The entry at `path`: built by `build(temporary folder)` first when missing (by process 0 of several, the
-    others waiting), then renamed into place; a failed build removes its folder."""
+    """The entry at `path`: built by `build(temporary folder)` first when missing or damaged (by process 0 of
+    several, the others waiting), sealed (its manifest written last: qbench.integrity), then renamed into place; a
+    failed build removes its folder. A damaged entry is named in one log line and removed first."""
+    if (path / META).is_file() and is_main() and (problem := folder_problem(path)):
+        log.warning("damaged teacher-cache entry %s (%s): removed, computing it again", path, problem)
+        discard(path)
     if not (path / META).is_file() and is_main():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             build(tmp)
+            seal_folder(tmp)
             os.replace(tmp, path)
         except OSError:
             if not (path / META).is_file():
