@@ -61,9 +61,10 @@ def is_cached(cache: Path) -> bool:
 
 
 def unsealed_problem(cache: Path) -> str | None:
-    """What keeps an entry without a manifest from loading (None: it loads): a JSON file that does not parse, no
-    weights, or a weights file whose header or any tensor cannot be read."""
+    """What keeps an entry without a manifest from loading (None: it loads): a JSON file that does not parse, a
+    config transformers cannot read, no weights, or a weights file whose header or any tensor cannot be read."""
     from safetensors import safe_open
+    from transformers import AutoConfig
 
     weights = sorted(cache.glob("*.safetensors"))
     if not weights:
@@ -73,6 +74,10 @@ def unsealed_problem(cache: Path) -> str | None:
             json.loads(p.read_text())
         except (OSError, ValueError) as e:
             return f"{p.name}: {type(e).__name__}"
+    try:
+        AutoConfig.from_pretrained(str(cache), local_files_only=True)
+    except Exception as e:  # noqa: BLE001  (ValueError, KeyError, OSError: whatever a bad config raises)
+        return f"config.json: {type(e).__name__}"
     for p in weights:
         try:
             with safe_open(str(p), "pt") as f:

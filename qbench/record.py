@@ -70,8 +70,8 @@ class DamagedRecord(QbenchError):
 
 
 # what every record has (failed ones included), and what a completed one adds: the fields sweeps and tables read
-FIELDS = {"status": str, "model": str, "task": str, "scheme": dict}
-COMPLETED = {"main_metric": dict, "metrics": dict}
+FIELDS = {"status": str}
+COMPLETED = {"model": str, "task": str, "scheme": dict, "main_metric": dict}
 MAIN_METRIC = ("name", "split", "value")
 
 
@@ -88,7 +88,7 @@ def read_record(path: Path) -> dict:
         problem = f"a JSON {type(r).__name__}, not an object"
     elif missing := [k for k, t in wanted.items() if not isinstance(r.get(k), t)]:
         problem = f"no {', '.join(missing)}" if all(k not in r for k in missing) else f"bad {', '.join(missing)}"
-    elif "name" not in r["scheme"]:
+    elif "scheme" in wanted and "name" not in r["scheme"]:
         problem = "scheme without a name"
     elif "main_metric" in wanted and not all(k in r["main_metric"] for k in MAIN_METRIC):
         problem = "main_metric without name, split and value"
