@@ -13,7 +13,8 @@ def zero_bytes(p: Path) -> None:
 
 
 def garbage(p: Path) -> None:
-    p.write_bytes(bytes(range(256)) * max(1, p.stat().st_size // 256))  # about the same size, other bytes
+    n = max(1, p.stat().st_size)
+    p.write_bytes((bytes(range(256)) * (n // 256 + 1))[:n])  # the same size, other bytes
 
 
 def wrong_json(p: Path) -> None:

@@ -211,7 +211,7 @@ def check_packed(path: Path) -> None:
     file without one (written before manifests) is left to the format's own checks."""
     problem = file_problem(path)
     if problem not in (None, "no manifest"):
-        raise QbenchError(f"{path}: damaged packed checkpoint ({problem}); export it again (qbench export)")
+        raise QbenchError(f"{path}: damaged packed checkpoint ({problem}); delete it and run qbench export again")
 
 
 @contextmanager
