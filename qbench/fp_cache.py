@@ -51,8 +51,11 @@ def is_cached(cache: Path) -> bool:
     if problem == "no manifest":
         problem = unsealed_problem(cache)
         if problem is None:
-            seal_folder(cache)
-            log.info("FP cache entry without a manifest read through and adopted: %s", cache)
+            try:
+                seal_folder(cache)
+                log.info("FP cache entry without a manifest read through and adopted: %s", cache)
+            except OSError as e:  # a read-only cache: use it as it is, read through again next time
+                log.info("FP cache entry without a manifest read through (not sealed: %s): %s", e, cache)
     if problem is None:
         return True
     log.warning("damaged FP cache entry %s (%s): removed, fine-tuning it again", cache, problem)
