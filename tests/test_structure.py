@@ -78,7 +78,11 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported(path, name, set(mods)) for name, path in mods.items()}
 
 
-def test_the_walk_sees_function_local_and_relative_imports():
+def test_the_walk_sees_function_local_and_relative_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from ..errors import QbenchError\nfrom . import wiring\n\ndef g():\n    import qbench.size\n")
+    known = {"qbench.errors", "qbench.quant.wiring", "qbench.size", "qbench.quant.m"}
+    assert imported(f, "qbench.quant.m", known) == {"qbench.errors", "qbench.quant.wiring", "qbench.size"}
     graph = import_graph()
     assert "qbench.pipeline" in graph["qbench.cli"]  # imported inside job()
     assert "qbench.errors" in graph["qbench.cell"]  # module level
