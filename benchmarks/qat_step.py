@@ -23,9 +23,9 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from qbench.cli import conf_dir
 from qbench.config import model_schema
 from qbench.models import load_model
+from qbench.overrides import conf_dir
 from qbench.quant.kmeans import KMeans
 from qbench.quant.laq import LAQ
 from qbench.quant.linear import Linear

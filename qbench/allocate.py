@@ -1,9 +1,12 @@
 """Mixed precision from sensitivity: `qbench allocate RECORDS_DIR --budget 3.0 --out FILE.yaml`.
 
-`solve(groups, budget)` picks one bit width per module group, minimizing the summed metric drop subject to the
-parameter-weighted average code bits <= budget: a multiple-choice knapsack, solved exactly. `read_sensitivity`
-turns the records of `qbench sensitivity` (qbench.sensitivity) into those groups; `allocate_command` prints the
-table and writes the allocation as scheme.bits_by, which `qbench run` takes as `'+scheme.bits_by={...}'`.
+`solve(groups, budget, unit)` picks one bit width per module group, minimizing the summed metric drop subject to
+an average bits per quantized weight <= budget: a multiple-choice knapsack, solved exactly. The budget's unit is
+`effective` (default: codes plus codebooks and scales, the stored bits that records' size.effective_bits count,
+so a mixed cell at 3.0 is the size of a uniform cell of 3.0 effective bits) or `code` (code bits only).
+`read_sensitivity` turns the records of `qbench sensitivity` (qbench.sensitivity) into those groups;
+`allocate_command` prints the table and writes the allocation as scheme.bits_by, which `qbench run` takes as
+`'+scheme.bits_by={...}'`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import argparse
 import json
 import math
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from qbench.errors import QbenchError
+from qbench.record import DamagedRecord, read_record
+
+UNITS = ("effective", "code")  # --budget-unit: codes + codebooks/scales (size.effective_bits), or codes only
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,17 @@ class Group:
     params: int
     drops: Mapping[int, float]  # bits -> drop (> 0: worse than full precision)
     patterns: tuple[str, ...] = ()  # its parameter-name patterns: the allocation's scheme.bits_by keys
+    sizes: Mapping[int, int] = field(default_factory=dict)  # bits -> stored bits of its weights (codes + codebooks
+    # and scales: 8 x (size.code_bytes + size.side_bytes) of its sensitivity record, as qbench.size counts them)
+
+    def cost(self, bits: int, unit: str) -> int:
+        """Bits the group's weights take at `bits`: stored bits (unit effective) or params x bits (unit code)."""
+        if unit == "code":
+            return self.params * bits
+        if bits not in self.sizes:
+            raise QbenchError(f"group {self.name}: no measured size at {bits} bits (its records have no size "
+                              "section); use --budget-unit code")  # fmt: skip
+        return self.sizes[bits]
 
 
 @dataclass(frozen=True)
@@ -36,46 +54,62 @@ class Allocation:
     drop: float  # predicted drop of the mixed model: the sum of the chosen groups' drops
     code_bits: int  # sum over groups of params x bits
     params: int
+    unit: str = "code"  # the budget's unit
+    stored_bits: int | None = None  # sum over groups of their stored bits (None: sizes unknown)
 
     @property
     def average_bits(self) -> float:
+        """Parameter-weighted average bits in the budget's unit."""
+        return (self.stored_bits if self.unit == "effective" else self.code_bits) / self.params
+
+    @property
+    def average_code_bits(self) -> float:
         """Parameter-weighted average code bits (codebooks and scales not counted)."""
         return self.code_bits / self.params
 
+    @property
+    def effective_bits(self) -> float | None:
+        """Stored bits per weight (codes + codebooks/scales), what the mixed cell's size.effective_bits will say."""
+        return None if self.stored_bits is None else self.stored_bits / self.params
 
-def solve(groups: Sequence[Group], budget: float | str) -> Allocation:
+
+def solve(groups: Sequence[Group], budget: float | str, unit: str = "effective") -> Allocation:
     """The bits per group minimizing the predicted drop sum_g drop_g(b_g) subject to
-    sum_g params_g * b_g <= budget * sum_g params_g; exact.
+    sum_g cost_g(b_g) <= budget * sum_g params_g, cost in `unit` (Group.cost); exact.
 
     Additivity assumption (Q-BERT, HAWQ): the drop of the model with every group quantized is predicted by the sum
     of the drops measured with one group quantized at a time. Interactions between groups (errors compounding
     through the layers) are ignored; this is a first-order view that holds best when each group's perturbation is
-    small, and the mixed cell's own measurement is the check.
+    small, and the mixed cell's own measurement is the check. Sizes add up exactly: every tensor is packed alone.
 
-    Dynamic programming over groups on the reachable totals of code bits (integers, so the budget is met exactly:
-    no float rounding). After each group only Pareto-optimal partial allocations are kept: one is dropped when
-    another has fewer code bits and a strictly lower drop, since any completion of it is then worse. Among equal
-    predicted drops the one with more code bits wins (measurements that cannot tell options apart never cost bits).
+    Dynamic programming over groups on the reachable totals of bits (integers, so the budget is met exactly: no
+    float rounding). After each group only Pareto-optimal partial allocations are kept: one is dropped when another
+    has fewer bits and a strictly lower drop, since any completion of it is then worse. Among equal predicted drops
+    the one with more bits wins (measurements that cannot tell options apart never cost bits).
     """
+    if unit not in UNITS:
+        raise QbenchError(f"budget unit {unit!r}; valid: {', '.join(UNITS)}")
     if not groups:
         raise QbenchError("no groups to allocate")
     total = sum(g.params for g in groups)
-    cap = math.floor(Fraction(str(budget)) * total)  # sum of params x bits allowed; str: 2.7 means 27/10 exactly
-    states: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}  # code bits -> (drop, bits chosen so far)
+    cap = math.floor(Fraction(str(budget)) * total)  # bits allowed; str: 2.7 means 27/10 exactly
+    states: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}  # bits -> (drop, bits chosen so far)
     for g in groups:
         nxt: dict[int, tuple[float, tuple[int, ...]]] = {}
         for t, (d, picks) in states.items():
             for b, drop in g.drops.items():
-                t2, d2 = t + g.params * b, d + drop
+                t2, d2 = t + g.cost(b, unit), d + drop
                 if t2 <= cap and (t2 not in nxt or d2 < nxt[t2][0]):
                     nxt[t2] = (d2, (*picks, b))
         if not nxt:
-            fewest = sum(g.params * min(g.drops) for g in groups) / total
-            raise QbenchError(f"budget {budget} is below the fewest average bits the measured options allow, "
+            fewest = sum(min(g.cost(b, unit) for b in g.drops) for g in groups) / total
+            raise QbenchError(f"budget {budget} is below the fewest average {unit} bits the measured options allow, "
                               f"{fewest:.3f}")  # fmt: skip
         states = pareto(nxt)
     t, (d, picks) = min(states.items(), key=lambda s: (s[1][0], -s[0]))
-    return Allocation({g.name: b for g, b in zip(groups, picks, strict=True)}, d, t, total)
+    chosen = list(zip(groups, picks, strict=True))
+    stored = sum(g.sizes[b] for g, b in chosen) if all(b in g.sizes for g, b in chosen) else None
+    return Allocation({g.name: b for g, b in chosen}, d, sum(g.params * b for g, b in chosen), total, unit, stored)
 
 
 def pareto(states: dict[int, tuple[float, tuple[int, ...]]]) -> dict[int, tuple[float, tuple[int, ...]]]:
@@ -119,6 +153,7 @@ def read_sensitivity(records_dir: str | Path) -> Study:
     by_patterns = {tuple(p): name for name, p in model_groups(first["config"]["model"]).items()}
     drops: dict[str, dict[int, list[float]]] = {}
     params: dict[str, int] = {}
+    sizes: dict[str, dict[int, int]] = {}
     for r in quantized:
         name = by_patterns.get(tuple(r["config"]["scheme"]["only"]))
         if name is None:
@@ -127,7 +162,10 @@ def read_sensitivity(records_dir: str | Path) -> Study:
         drop = worse_by(metric, fp[r["seed"]], r["main_metric"]["value"])
         drops.setdefault(name, {}).setdefault(r["scheme"]["bits"], []).append(drop)
         params[name] = r["scheme"]["quantized_params"]
-    groups = [Group(name, params[name], {b: sum(v) / len(v) for b, v in sorted(drops[name].items())}, patterns)
+        if "code_bytes" in (size := r.get("size") or {}):  # the group's stored bits at these bits (qbench.size)
+            sizes.setdefault(name, {})[r["scheme"]["bits"]] = 8 * (size["code_bytes"] + size["side_bytes"])
+    groups = [Group(name, params[name], {b: sum(v) / len(v) for b, v in sorted(drops[name].items())}, patterns,
+                    sizes.get(name, {}))
               for patterns, name in by_patterns.items() if name in drops]  # fmt: skip
     if absent := [n for n in by_patterns.values() if n not in drops]:
         raise QbenchError(f"{records_dir}: no completed record of group(s) {', '.join(absent)} (rerun qbench "
@@ -137,10 +175,11 @@ def read_sensitivity(records_dir: str | Path) -> Study:
 
 
 def load(path: Path) -> dict | None:
-    """A completed record with its config, and where it lies; None otherwise."""
+    """A completed record with its config, and where it lies; None otherwise (a damaged one: with a warning)."""
     try:
-        r = json.loads(path.read_text())
-    except (OSError, ValueError):
+        r = read_record(path)
+    except DamagedRecord as e:
+        print(f"qbench: warning: {e}; skipped", file=sys.stderr)
         return None
     return {**r, "_path": str(path.parent)} if r.get("status") == "completed" and "config" in r else None
 
@@ -193,9 +232,15 @@ def report(study: Study, allocation: Allocation, budget: float) -> str:
         b = allocation.bits[g.name]
         cells = " ".join(f"{g.drops[x]:8.4f}" if x in g.drops else f"{'':8s}" for x in measured)
         lines.append(f"{g.name:10s} {g.params:12,d} {b:4d} {g.drops[b]:9.4f}   {cells}")
-    lines.append(f"average code bits {allocation.average_bits:.4f} (budget {budget}); predicted drop in "
-                 f"{study.metric} {allocation.drop:.4f} (sum over groups; FP {fmt_fp(study.fp)})")  # fmt: skip
+    eff = allocation.effective_bits
+    lines.append(f"budget {budget} {allocation.unit} bits per weight ({UNIT_MEANS[allocation.unit]}); average "
+                 f"effective bits {'unknown' if eff is None else f'{eff:.4f}'}, average code bits "
+                 f"{allocation.average_code_bits:.4f}")  # fmt: skip
+    lines.append(f"predicted drop in {study.metric} {allocation.drop:.4f} (sum over groups; FP {fmt_fp(study.fp)})")
     return "\n".join(lines)
+
+
+UNIT_MEANS = {"effective": "codes + codebooks/scales, as records' size.effective_bits", "code": "code bits only"}
 
 
 def fmt_fp(fp: Mapping[int, float]) -> str:
@@ -203,11 +248,12 @@ def fmt_fp(fp: Mapping[int, float]) -> str:
 
 
 def write_allocation(path: Path, study: Study, allocation: Allocation, budget: float, command: str) -> None:
-    """FILE.yaml: scheme.bits_by as a global-package config (an experiment file), the table and command as
-    comments."""
+    """FILE.yaml: scheme.bits_by as a global-package config (an experiment file), the budget and its unit, the
+    table and command as comments."""
     import yaml
 
-    head = ["# @package _global_", f"# qbench allocate --budget {budget}: bits per sensitivity group", "#"]
+    head = ["# @package _global_", f"# qbench allocate --budget {budget} --budget-unit {allocation.unit}: bits per "
+            "sensitivity group", "#"]  # fmt: skip
     head += [f"# {line}" for line in report(study, allocation, budget).splitlines()]
     head += ["#", "# run the mixed-precision cell:", f"#   {command}"]
     body = yaml.safe_dump({"scheme": {"bits_by": bits_by(study.groups, allocation)}}, sort_keys=False)
@@ -216,15 +262,18 @@ def write_allocation(path: Path, study: Study, allocation: Allocation, budget: f
 
 
 def allocate_command(argv: list[str]) -> None:
-    """`qbench allocate RECORDS_DIR --budget B [--out FILE.yaml]`."""
+    """`qbench allocate RECORDS_DIR --budget B [--budget-unit effective|code] [--out FILE.yaml]`."""
     about = "Bits per module group from the records of qbench sensitivity: least summed drop at a bits budget."
     ap = argparse.ArgumentParser(prog="qbench allocate", description=about)
     ap.add_argument("records", help="the sensitivity study's folder (results/sweeps/<study>)")
-    ap.add_argument("--budget", type=float, required=True, help="parameter-weighted average code bits, e.g. 3.0")
+    ap.add_argument("--budget", type=float, required=True, help="parameter-weighted average bits, e.g. 3.0")
+    ap.add_argument("--budget-unit", choices=UNITS, default="effective",
+                    help="effective (default): codes + codebooks/scales per weight, as records' size.effective_bits; "
+                    "code: code bits only")  # fmt: skip
     ap.add_argument("--out", help="write the allocation here (a yaml with scheme.bits_by)")
     a = ap.parse_args(argv)
     study = read_sensitivity(a.records)
-    allocation = solve(study.groups, a.budget)
+    allocation = solve(study.groups, a.budget, a.budget_unit)
     nominal = min(8, max(1, math.floor(a.budget)))  # the cell id's -b<bits>; every weight takes bits_by's bits
     mixed = override(bits_by(study.groups, allocation))
     args = [*study.run_args, f"train.order={study.order}", f"bits={nominal}", mixed]

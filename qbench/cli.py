@@ -10,19 +10,17 @@ answers at once and a bad group name fails before torch is loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from qbench.errors import QbenchError
+from qbench.overrides import GROUPS, compose_cell, first_cell, options, swept_values
 
 log = logging.getLogger("qbench")
-GROUPS = ("model", "task", "scheme", "train", "distill", "experiment")
 COMMANDS = {
     "run": "quantize, fine-tune and evaluate one configuration (or a sweep with -m)",
     "export": "write the packed low-bit checkpoint of a run (qbench export RUN_DIR)",
@@ -44,15 +42,6 @@ def _cell_id(*, _root_) -> str:
 OmegaConf.register_new_resolver("cell_id", _cell_id, replace=True)  # run folders named by configuration
 
 
-def conf_dir() -> Path:
-    """The packaged Hydra config folder (conf/ in the source tree, qbench/conf when installed)."""
-    return Path(str(resources.files("qbench.conf")))
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-
-
 def fail(msg: str) -> None:
     print(f"qbench: error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -67,44 +56,6 @@ def top_help() -> str:
               "  qbench run model=bert scheme=kmeans bits=2",
               "  qbench run -m scheme=linear,kmeans bits=1,2,3,4,8 task=rte"]  # fmt: skip
     return "\n".join(lines)
-
-
-def first_cell(args: list[str]) -> tuple[list[str], set[str], list[str]]:
-    """Parse key=value overrides, check group choices (one line listing the valid names); returns the overrides
-    of the first cell of the sweep, the keys given and the schemes swept."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except HydraException as e:
-        fail(f"cannot parse overrides: {str(e).splitlines()[0]}")
-    first, keys, schemes = [], set(), ["kmeans"]
-    for o in parsed:
-        key = o.get_key_element().lstrip("+~")
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        if key in GROUPS:
-            for v in values:
-                if v not in options(key):
-                    fail(f"unknown {key} {v!r}; valid: {', '.join(options(key))}")
-        keys.add(key)
-        schemes = values if key == "scheme" else schemes
-        if not key.startswith("hydra"):
-            first.append(f"{o.get_key_element()}={values[0]}")
-    return first, keys, schemes
-
-
-def compose_cell(overrides: list[str], hydra: bool = False):
-    """The composed config of `overrides` (with Hydra's node when `hydra`); a composition error exits 2."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_module("qbench.conf", version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=hydra)
-    except (HydraException, OmegaConfBaseException) as e:
-        fail(str(e).strip().splitlines()[0])
 
 
 def check_overrides(args: list[str], full: bool = True) -> list[str]:
@@ -133,17 +84,6 @@ def check_overrides(args: list[str], full: bool = True) -> list[str]:
     except QbenchError as e:
         fail(str(e))
     return first
-
-
-def swept_values(args: list[str], key: str) -> list[str]:
-    """Every value that `key` takes in these overrides (a sweep's list, or one value)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out = []
-    for o in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")]):
-        if o.get_key_element().lstrip("+~") == key:
-            out += list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-    return out
 
 
 def check_shadowed(given: set[str], cfg, tasks: list[str]) -> None:
@@ -221,10 +161,11 @@ def export_run(run_dir: str | Path) -> str:
     """`qbench export RUN_DIR` (see EXPORT_HELP); returns the lines to print."""
     from qbench.pipeline import run
     from qbench.quant.checkpoint import PACKED_NAME, load_packed
+    from qbench.record import read_record
 
     run_dir = Path(run_dir)
     packed, rec_path, hydra_cfg = run_dir / PACKED_NAME, run_dir / "record.json", run_dir / ".hydra" / "config.yaml"
-    record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+    record = read_record(rec_path) if rec_path.is_file() else None
     if packed.is_file():
         load_packed(packed)
         s = (record or {}).get("size") or {}
@@ -318,21 +259,52 @@ def claims_command(argv: list[str]) -> None:
         Path(a.out).write_text(text + "\n")
 
 
+def sensitivity_command(args: list[str]) -> None:
+    """`qbench sensitivity`: the FP multirun, then the (group, bits) multirun (qbench.sensitivity.HELP)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qbench.sensitivity import HELP, check_partition, key_of, model_groups, sweeps
+    from qbench.sweep import scheme_name
+
+    if any(a in ("-h", "--help") for a in args):
+        print(HELP)
+        return
+    args = [a for a in args if not a.startswith("-")]  # always a multirun
+    cfg = compose_cell(first_cell([a for a in args if key_of(a) not in ("bits", "scheme.only")])[0])
+    if scheme_name(cfg) == "none":
+        raise QbenchError("scheme=none quantizes nothing: pick the scheme whose sensitivity to measure")
+    groups = model_groups(cfg.model)
+    check_partition(cfg.model)
+    study = (swept_values(args, "study") or [f"sensitivity_{cfg.model.name}_{cfg.task.name}_{scheme_name(cfg)}"])[-1]
+    fp, grid = sweeps(args, groups, study)
+    print(f"sensitivity: {len(groups)} groups of model={cfg.model.name} -> results/sweeps/{study}", file=sys.stderr)
+    for overrides in (fp, grid):
+        GlobalHydra.instance().clear()  # one Hydra application per multirun
+        run_command(["-m", *overrides])
+    GlobalHydra.instance().clear()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(top_help())
         return
     cmd, rest = argv[0], argv[1:]
-    handlers = {"run": run_command, "export": export_command, "size": size_command, "claims": claims_command}
+    handlers = {
+        "run": run_command,
+        "export": export_command,
+        "size": size_command,
+        "sensitivity": sensitivity_command,
+        "claims": claims_command,
+    }
     if cmd in ("table", "plot"):  # imported on use: pandas/matplotlib stay out of `qbench run`'s start-up
         from qbench import report
 
         handlers[cmd] = getattr(report, f"{cmd}_command")
-    if cmd in ("sensitivity", "allocate"):  # mixed precision from sensitivity (qbench.sensitivity, qbench.allocate)
-        from qbench import allocate, sensitivity
+    if cmd == "allocate":  # mixed precision from sensitivity records (qbench.allocate)
+        from qbench.allocate import allocate_command
 
-        handlers[cmd] = getattr(sensitivity if cmd == "sensitivity" else allocate, f"{cmd}_command")
+        handlers[cmd] = allocate_command
     if cmd not in handlers:
         fail(f"unknown command {cmd!r}; valid: {', '.join(COMMANDS)}")
     try:

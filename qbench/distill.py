@@ -28,7 +28,19 @@ from torch import nn
 from transformers import Trainer
 
 from qbench.errors import QbenchError
-from qbench.teacher_cache import META, ROW, TeacherStates, build, entry_dir, inputs_digest, place, teacher_states
+from qbench.teacher_cache import (
+    META,
+    ROW,
+    TeacherStates,
+    build,
+    entry_dir,
+    hidden,
+    inputs_digest,
+    place,
+    teacher_states,
+    token_mask,
+    weights_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +118,6 @@ def tcd_loss(student: torch.Tensor, teacher: torch.Tensor, mask=None, tau: float
     return F.cross_entropy(logits / tau, target)
 
 
-def token_mask(model, inputs: dict) -> torch.Tensor | None:
-    """Which positions are real tokens: decoder tokens with a label (encoder-decoder), else the attention mask."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return inputs["labels"] != -100
-    return inputs.get("attention_mask")
-
-
-def hidden(out, layer: int) -> torch.Tensor:
-    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
-    return states[layer]
-
-
 PROJECTION = "qbench_tcd_projection"  # the student's attribute holding TCD's projection during train()
 
 
@@ -157,7 +157,9 @@ class DistillTrainer(Trainer):
     def teacher_states(self) -> TeacherStates:
         """The cache entry of the teacher on this training set: loaded, or built once (qbench.teacher_cache)."""
         ds = self._remove_unused_columns(self.train_dataset).remove_columns(ROW)  # the model's inputs
-        path = entry_dir(self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names))
+        path = entry_dir(
+            self.cache_key, self.spec.layer, inputs_digest(ds, ds.column_names), weights_digest(self.teacher)
+        )
         built, a = not (path / META).is_file(), self.args
         states = teacher_states(path, lambda tmp: build(tmp, self.teacher, ds, self._collate, self.spec.layer,
                                                         a.per_device_eval_batch_size, a.device))  # fmt: skip

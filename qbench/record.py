@@ -7,11 +7,13 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+
+from qbench.errors import QbenchError
+from qbench.integrity import write_atomic
 
 SCHEMA_VERSION = 1
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "scikit-learn", "qbench")
@@ -60,17 +62,39 @@ def _clean(x):
 def write_json_atomic(path: Path, obj) -> None:
     """Write obj as JSON to path so that readers see the old file or the whole new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False))
+
+
+class DamagedRecord(QbenchError):
+    """A record.json that cannot be what a run wrote: not JSON, or not a record's shape."""
+
+
+# what every record has (failed ones included), and what a completed one adds: the fields sweeps and tables read
+FIELDS = {"status": str}
+COMPLETED = {"model": str, "task": str, "scheme": dict, "main_metric": dict}
+MAIN_METRIC = ("name", "split", "value")
+
+
+def read_record(path: Path) -> dict:
+    """The record at path; DamagedRecord (naming the path and what is wrong) when it is cut short, empty, not JSON,
+    or JSON of another shape. Older records without a newer field still load: only FIELDS (and COMPLETED, for a
+    completed record) are required."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        r = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedRecord(f"{path}: damaged record (not JSON: {str(e).splitlines()[0]})") from None
+    wanted = {**FIELDS, **(COMPLETED if isinstance(r, dict) and r.get("status") == "completed" else {})}
+    if not isinstance(r, dict):
+        problem = f"a JSON {type(r).__name__}, not an object"
+    elif missing := [k for k, t in wanted.items() if not isinstance(r.get(k), t)]:
+        problem = f"no {', '.join(missing)}" if all(k not in r for k in missing) else f"bad {', '.join(missing)}"
+    elif "scheme" in wanted and "name" not in r["scheme"]:
+        problem = "scheme without a name"
+    elif "main_metric" in wanted and not all(k in r["main_metric"] for k in MAIN_METRIC):
+        problem = "main_metric without name, split and value"
+    else:
+        return r
+    raise DamagedRecord(f"{path}: damaged record ({problem})")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from qbench.errors import QbenchError
+from qbench.record import DamagedRecord, read_record
 from qbench.sweep import BOOKKEEPING, EXCLUDED, drop, flatten, resolved, unused
 
 PERCENT = {"accuracy", "f1", "matthews", "pearson", "spearman", "rouge1", "rouge2", "rougeL", "rougeLsum",
@@ -26,12 +27,17 @@ ALIAS = {"model.name": "model", "task.name": "task", "train.order": "order", "di
 
 def load_records(paths: list[str | Path]) -> pd.DataFrame:
     """One row per completed record found under `paths` (recursively): identity, main metric, effective bits,
-    and `config`: the flattened configuration that defines the result (seed aside; see `configuration`)."""
+    and `config`: the flattened configuration that defines the result (seed aside; see `configuration`). A damaged
+    record (qbench.record.read_record) is skipped with one warning line naming it."""
     rows = []
     for root in map(Path, paths):
         files = [root] if root.is_file() else sorted(root.rglob("record.json"))
         for f in files:
-            r = json.loads(f.read_text())
+            try:
+                r = read_record(f)
+            except DamagedRecord as e:
+                print(f"qbench: warning: {e}; skipped", file=sys.stderr)
+                continue
             if r.get("status") != "completed":
                 continue
             s, m, config = r["scheme"], r["main_metric"], configuration(r)

@@ -4,7 +4,8 @@ The sensitivity of a group at b bits is the metric of a post-training-quantizati
 with only that group quantized at b bits (`scheme.only` = the group's patterns), against the FP cell of the same
 settings. The command runs the FP cell, then every (group, bits) cell, as two Hydra multiruns of `qbench run` into
 results/sweeps/<study>/: the same cell ids, FP cache, resume, failed records and launchers as any sweep.
-`qbench allocate` (qbench.allocate) turns the records into bits per group.
+`qbench allocate` (qbench.allocate) turns the records into bits per group; the command itself is
+qbench.cli.sensitivity_command.
 
 Groups are data: a model yaml's `groups:` {name: fnmatch patterns}, where "{i}" stands for each layer
 0..num_hidden_layers-1 (of the yaml's `arch:`, else `config:`). They partition the quantized weights (MiniLM:
@@ -14,10 +15,10 @@ embed + attn0..5 + ffn0..5 = 13 groups); `partition` checks that on the model's 
 from __future__ import annotations
 
 import fnmatch
-import sys
 from collections.abc import Mapping, Sequence
 
 from qbench.errors import QbenchError
+from qbench.overrides import swept_values
 
 LAYER = "{i}"
 DEFAULT_BITS = "2,3,4"
@@ -102,8 +103,6 @@ def key_of(override: str) -> str:
 
 def sweeps(args: list[str], groups: Mapping[str, Sequence[str]], study: str) -> tuple[list[str], list[str]]:
     """The two multiruns' overrides: the FP cell (no scheme settings, scheme=none), then groups x bits."""
-    from qbench.cli import swept_values
-
     bits = ",".join(swept_values(args, "bits")) or DEFAULT_BITS
     order = (swept_values(args, "train.order") or ["ptq"])[-1]
     if order not in ORDERS:
@@ -114,28 +113,3 @@ def sweeps(args: list[str], groups: Mapping[str, Sequence[str]], study: str) -> 
     fp = [a for a in common if key_of(a) not in quant_keys and not key_of(a).startswith("scheme.")] + ["scheme=none"]
     only = ",".join("[" + ",".join(patterns) + "]" for patterns in groups.values())  # a sweep of lists
     return fp, [*common, f"bits={bits}", f"+scheme.only={only}"]
-
-
-def sensitivity_command(args: list[str]) -> None:
-    """`qbench sensitivity`: see HELP."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from qbench.cli import compose_cell, first_cell, run_command, swept_values
-    from qbench.sweep import scheme_name
-
-    if any(a in ("-h", "--help") for a in args):
-        print(HELP)
-        return
-    args = [a for a in args if not a.startswith("-")]  # always a multirun
-    cfg = compose_cell(first_cell([a for a in args if key_of(a) not in ("bits", "scheme.only")])[0])
-    if scheme_name(cfg) == "none":
-        raise QbenchError("scheme=none quantizes nothing: pick the scheme whose sensitivity to measure")
-    groups = model_groups(cfg.model)
-    check_partition(cfg.model)
-    study = (swept_values(args, "study") or [f"sensitivity_{cfg.model.name}_{cfg.task.name}_{scheme_name(cfg)}"])[-1]
-    fp, grid = sweeps(args, groups, study)
-    print(f"sensitivity: {len(groups)} groups of model={cfg.model.name} -> results/sweeps/{study}", file=sys.stderr)
-    for overrides in (fp, grid):
-        GlobalHydra.instance().clear()  # one Hydra application per multirun
-        run_command(["-m", *overrides])
-    GlobalHydra.instance().clear()

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from qbench.config import task_overrides
 from qbench.data import split_file
 from qbench.errors import QbenchError
+from qbench.record import DamagedRecord, read_record
 
 log = logging.getLogger(__name__)
 # dotted config keys (a key covers everything under it) that never change a cell's result: left out of the cell
@@ -180,10 +181,14 @@ def data_identity(cfg: DictConfig | dict) -> dict | None:
 
 
 def completed(run_dir: Path) -> dict | None:
-    """The completed record in run_dir, if any (a failed or missing record means: run it)."""
+    """The completed record in run_dir, if any (a failed, missing or damaged record means: run it; a damaged one
+    is named in one log line)."""
     path = run_dir / "record.json"
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = read_record(path)
+    except FileNotFoundError:
+        return None
+    except DamagedRecord as e:
+        log.warning("%s: running the cell again", e)
         return None
     return record if record.get("status") == "completed" else None

@@ -3,7 +3,7 @@
 The teacher is frozen and runs in eval mode (no dropout), so what distillation reads from it for one training
 example never changes: computing it again in every epoch and every distilled cell of a sweep was the whole cost
 of KD/TCD over plain QAT. An entry holds, for each example of the training set (row i = the dataset's row i) and
-each of its scored tokens (qbench.distill.token_mask: the attention mask; labelled decoder tokens for
+each of its scored tokens (`token_mask`: the attention mask; labelled decoder tokens for
 encoder-decoder models), as flat arrays with row i at offsets[i]:offsets[i + 1], read memory-mapped:
 - `hidden` (tokens, d) float16: the states of hidden layer `distill.layer` (TCD);
 - `head` (tokens, d) float16: what goes into the teacher's output layer when its logits are per token (language
@@ -22,9 +22,10 @@ to another length. That is far under training's run-to-run noise, hence on by de
 id (qbench.sweep.EXCLUDED), like the device; `distill.cache_teacher=false` runs the teacher on every batch.
 
 Key: the teacher's FP cache entry (model, task, seed, training config, data: qbench.fp_cache), a digest of the
-training set's model inputs (so another max length, subset or tokenizer is another entry) and the layer. Written
-into a temporary folder renamed into place, so an interrupted build leaves no entry and a concurrent job finds a
-whole one or none.
+teacher's weights (`weights_digest`: a teacher fine-tuned again into the same entry is another teacher), a digest
+of the training set's model inputs (so another max length, subset or tokenizer is another entry) and the layer.
+Written into a temporary folder, its manifest last (qbench.integrity), renamed into place, so an interrupted build
+leaves no entry and a concurrent job finds a whole one or none; an entry damaged since is rebuilt.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import numpy as np
 import torch
 
 from qbench.distributed import barrier, is_main
+from qbench.errors import QbenchError
+from qbench.integrity import discard, folder_problem, seal_folder
 
 log = logging.getLogger(__name__)
 ROW = "qbench_row"  # the column (and batch key) holding each example's row in the training set
@@ -64,10 +67,33 @@ def inputs_digest(ds, columns: list[str]) -> str:
     return h.hexdigest()
 
 
-def entry_dir(fp_cache: Path, layer: int, digest: str) -> Path:
-    """<cache root>/teacher/<FP cache entry name>-<12 hex of (inputs digest, layer)>: next to the teacher's entry
-    (<cache root>/finetuned/<name>)."""
-    key = hashlib.sha1(json.dumps({"inputs": digest, "layer": layer}).encode()).hexdigest()[:12]
+def token_mask(model, inputs: dict) -> torch.Tensor | None:
+    """Which positions are real tokens: decoder tokens with a label (encoder-decoder), else the attention mask."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return inputs["labels"] != -100
+    return inputs.get("attention_mask")
+
+
+def hidden(out, layer: int) -> torch.Tensor:
+    states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+    return states[layer]
+
+
+def weights_digest(model) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes and bytes, in order): two teachers share a cache
+    entry only when their weights are the same, whatever folder they were loaded from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def entry_dir(fp_cache: Path, layer: int, digest: str, teacher: str) -> Path:
+    """<cache root>/teacher/<FP cache entry name>-<12 hex of (inputs digest, layer, teacher's weights digest)>:
+    next to the teacher's entry (<cache root>/finetuned/<name>)."""
+    key = hashlib.sha1(json.dumps({"inputs": digest, "layer": layer, "teacher": teacher}).encode()).hexdigest()[:12]
     return fp_cache.parent.parent / "teacher" / f"{fp_cache.name}-{key}"
 
 
@@ -108,14 +134,19 @@ def place(flat: torch.Tensor, mask: torch.Tensor | None, shape: torch.Size) -> t
 
 
 def teacher_states(path: Path, build: Callable[[Path], None]) -> TeacherStates:
-    """The entry at `path`: built by `build(temporary folder)` first when missing (by process 0 of several, the
-    others waiting), then renamed into place; a failed build removes its folder."""
+    """The entry at `path`: built by `build(temporary folder)` first when missing or damaged (by process 0 of
+    several, the others waiting), sealed (its manifest written last: qbench.integrity), then renamed into place; a
+    failed build removes its folder. A damaged entry is named in one log line and removed first."""
+    if (path / META).is_file() and is_main() and (problem := folder_problem(path)):
+        log.warning("damaged teacher-cache entry %s (%s): removed, computing it again", path, problem)
+        discard(path)
     if not (path / META).is_file() and is_main():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             build(tmp)
+            seal_folder(tmp)
             os.replace(tmp, path)
         except OSError:
             if not (path / META).is_file():
@@ -166,8 +197,6 @@ class Writer:
 def build(folder: Path, teacher, ds, collate, layer: int, batch_size: int, device) -> None:
     """Write the entry of teacher on ds (the model's input columns only) into `folder`: one eval-mode forward pass
     per batch of `batch_size` examples of similar lengths (less padding than training batches)."""
-    from qbench.distill import hidden, token_mask
-
     lengths = [len(x) for x in ds["input_ids"]]
     order = sorted(range(len(ds)), key=lengths.__getitem__)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -206,8 +235,6 @@ def build(folder: Path, teacher, ds, collate, layer: int, batch_size: int, devic
 def check_head(teacher, head, x: torch.Tensor | None, logits: torch.Tensor) -> None:
     """The teacher's logits must be its output layer applied to that layer's input (no bias added after, no
     soft-capping), for the cache to derive them."""
-    from qbench.errors import QbenchError
-
     if x is None or x.shape[:-1] != logits.shape[:-1] or not torch.allclose(head(x), logits, rtol=1e-5, atol=1e-5):
         raise QbenchError(f"distill.cache_teacher: {type(teacher).__name__}'s logits are not its output layer of the "
                           "states before it; set distill.cache_teacher=false")  # fmt: skip

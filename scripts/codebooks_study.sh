@@ -24,12 +24,13 @@ fi
 if [[ $step == all || $step == 3 ]]; then
   # 3. mixed precision from sensitivity, k-means per row: each MiniLM group (embeddings, attention and FFN of each
   #    layer: 13) quantized alone at 2, 3, 4 bits (PTQ of the FP fine-tune), bits per group at an average of 3.0
-  #    code bits (qbench allocate), then the mixed cell, PTQ and QAT, next to uniform 3-bit
+  #    code bits (qbench allocate --budget-unit code: the study predates effective budgets), then the mixed cell,
+  #    PTQ and QAT, next to uniform 3-bit
   for task in sst2 mrpc; do
     ${QBENCH:-.venv/bin/python -m qbench.cli} sensitivity model=minilm task=$task train=cpu train.progress_bar=false \
       scheme=kmeans_row bits=2,3,4 study=codebooks_sensitivity_minilm_$task
     mixed=$(${QBENCH:-.venv/bin/python -m qbench.cli} allocate results/sweeps/codebooks_sensitivity_minilm_$task \
-      --budget 3.0 --out results/sweeps/codebooks_sensitivity_minilm_$task/allocation_3.0.yaml \
+      --budget 3.0 --budget-unit code --out results/sweeps/codebooks_sensitivity_minilm_$task/allocation_3.0.yaml \
       | grep -o "+scheme.bits_by={[^}]*}")
     $M task=$task scheme=kmeans_row bits=3 "$mixed" && $M task=$task scheme=kmeans_row bits=3 "$mixed" train.order=ptq
   done
@@ -42,7 +43,7 @@ if [[ $step == all || $step == 4 ]]; then
   ${QBENCH:-.venv/bin/python -m qbench.cli} sensitivity $L task.lm.max_eval_tokens=2048 train.progress_bar=false \
     scheme=kmeans_row bits=2,3,4 study=codebooks_sensitivity_smollm2_ptb
   mixed=$(${QBENCH:-.venv/bin/python -m qbench.cli} allocate results/sweeps/codebooks_sensitivity_smollm2_ptb \
-    --budget 3.0 --out results/sweeps/codebooks_sensitivity_smollm2_ptb/allocation_3.0.yaml \
+    --budget 3.0 --budget-unit code --out results/sweeps/codebooks_sensitivity_smollm2_ptb/allocation_3.0.yaml \
     | grep -o "+scheme.bits_by={[^}]*}")
   $S scheme=kmeans_row bits=3 "$mixed"
 fi

@@ -1,14 +1,20 @@
 """The mixed-precision allocator: exact against brute force, the budget met and never exceeded, a hand-computed case,
-and drops read from records in the metric's own direction."""
+drops read from records in the metric's own direction; budgets in effective bits (the default) or code bits."""
 
+import functools
 import itertools
 import json
 import random
 
 import pytest
 
-from qbench.allocate import Group, read_sensitivity, solve
+from qbench import allocate
+from qbench.allocate import Group, read_sensitivity
+from qbench.cli import main
 from qbench.errors import QbenchError
+from tests.conftest import REPO
+
+solve = functools.partial(allocate.solve, unit="code")  # the knapsack's tests below count code bits
 
 
 def brute_force(groups, budget):
@@ -40,7 +46,7 @@ def test_optimal_against_brute_force_on_random_instances():
         budget = round(rng.uniform(1, 8), 2)
         best = brute_force(groups, budget)
         if best is None:
-            with pytest.raises(QbenchError, match="below the fewest average bits"):
+            with pytest.raises(QbenchError, match="below the fewest average code bits"):
                 solve(groups, budget)
             continue
         a = solve(groups, budget)
@@ -76,7 +82,7 @@ def test_hand_computed_case():
     assert a.bits == {"A": 4, "B": 2} and a.drop == pytest.approx(1.5) and a.average_bits == 2.5
     assert solve([a_, b_], 4).bits == {"A": 4, "B": 4}
     assert solve([a_, b_], 2.49).bits == {"A": 2, "B": 2}  # 996 < 1000: (4, 2) no longer fits
-    with pytest.raises(QbenchError, match="below the fewest average bits the measured options allow, 2.000"):
+    with pytest.raises(QbenchError, match="below the fewest average code bits the measured options allow, 2.000"):
         solve([a_, b_], 1.9)
 
 
@@ -127,3 +133,44 @@ def test_records_of_two_studies_or_a_missing_group_are_refused(tmp_path):
     write_record(tmp_path / "b", 1, 11.0, ["*.layer.0.*"], 2, 100, model_name="other")
     with pytest.raises(QbenchError, match="records of 2 sensitivity studies .they differ in model.name"):
         read_sensitivity(tmp_path)
+
+
+def test_effective_budget_counts_codebooks_and_scales():
+    """The hand-computed case again with each group's stored bits (codes + side tensors): at 2.5 effective bits
+    (cap 1000 stored bits) (A, B) at (4, 2) takes 500 + 690 = 1190 bits, over; (2, 2) = 950 fits."""
+    a_ = Group("A", 100, {2: 5.0, 4: 1.0}, sizes={2: 260, 4: 500})
+    b_ = Group("B", 300, {2: 0.5, 4: 0.2}, sizes={2: 690, 4: 1300})
+    a = allocate.solve([a_, b_], 2.5)  # the default unit: effective
+    assert a.unit == "effective" and a.bits == {"A": 2, "B": 2}
+    assert a.stored_bits == 950 and a.effective_bits == a.average_bits == 950 / 400 and a.average_code_bits == 2.0
+    code = allocate.solve([a_, b_], 2.5, unit="code")
+    assert code.bits == {"A": 4, "B": 2} and code.effective_bits == 1190 / 400 > 2.5  # within 2.5 code bits only
+    with pytest.raises(QbenchError, match="below the fewest average effective bits the measured options allow, 2.375"):
+        allocate.solve([a_, b_], 2.3)
+    with pytest.raises(QbenchError, match="no measured size at 2 bits"):
+        allocate.solve([Group("C", 10, {2: 1.0})], 3.0)
+
+
+SST2 = REPO / "results" / "codebooks_sensitivity" / "minilm_sst2"  # MiniLM, per-row k-means, 2/3/4 bits, committed
+
+
+def test_records_sizes_add_up_to_the_mixed_cells_size():
+    """The committed study: the stored bits of each group's sensitivity record at its chosen bits add up to the
+    mixed cell's own record (results/codebooks, the cell run from the code-bits allocation at 3.0): every tensor is
+    packed alone. In effective bits that allocation was 3.59, not 3.0; the effective budget keeps to 3.0."""
+    study = read_sensitivity(SST2)
+    code = allocate.solve(study.groups, 3.0, unit="code")
+    mixed = json.loads((REPO / "results/codebooks/minilm-sst2-kmeans-b3-s42-95ab1989/record.json").read_text())
+    assert code.average_code_bits <= 3.0 and code.effective_bits == pytest.approx(mixed["size"]["effective_bits"])
+    assert code.effective_bits > 3.5
+    effective = allocate.solve(study.groups, 3.0)
+    assert effective.unit == "effective" and 2.9 < effective.effective_bits <= 3.0
+
+
+def test_command_says_the_unit(tmp_path, capsys):
+    main(["allocate", str(SST2), "--budget", "3.0", "--out", str(tmp_path / "a.yaml")])
+    out = capsys.readouterr().out
+    assert "budget 3.0 effective bits per weight (codes + codebooks/scales" in out
+    assert "--budget-unit effective" in (tmp_path / "a.yaml").read_text()
+    main(["allocate", str(SST2), "--budget", "3.0", "--budget-unit", "code"])
+    assert "budget 3.0 code bits per weight (code bits only)" in capsys.readouterr().out

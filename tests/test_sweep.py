@@ -1,11 +1,14 @@
-"""Studies: stable cell ids, resume after a kill, force; launchers and experiments compose."""
+"""Studies: stable cell ids, resume after a kill, force; launchers and experiments compose; the submitit launcher
+runs a sweep."""
 
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from qbench.sweep import cell_id
@@ -130,3 +133,20 @@ def test_per_tensor_bits_keep_old_ids_and_their_order_counts():
     with initialize_config_module("qbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["+scheme.bits_by={*.layer.0.*:3,*.layer.*:4}"])
     assert list(OmegaConf.to_container(cfg.scheme.bits_by)) == ["*.layer.0.*", "*.layer.*"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="submitit's local executor starts POSIX processes")
+def test_submitit_launcher_runs_a_sweep_for_real(tmp_path):
+    """The cluster path, run: the submitit launcher that SLURM sweeps use (hydra/launcher=slurm), here with
+    submitit's local executor (hydra/launcher=submitit_local): each cell a pickled job in its own process, then
+    the study's table."""
+    args = ["run", "-m", "hydra/launcher=submitit_local", *DEBUG, "train.order=zeroshot", "scheme=linear", "bits=2,4",
+            f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    p = qbench(*args, fresh=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(p.stdout)
+    records = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("*/record.json"))]
+    assert [(r["status"], r["scheme"]["bits"]) for r in records] == [("completed", 2), ("completed", 4)]
+    assert "Submitit 'local' sweep output dir" in p.stdout
+    assert len([f for f in (tmp_path / ".submitit").rglob("*_result.pkl")]) == 2  # both ran as submitit jobs
+    assert "| linear 2b" in p.stdout and "| linear 4b" in p.stdout  # the table of the study

@@ -3,8 +3,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from qbench.cli import conf_dir, options
 from qbench.errors import QbenchError
+from qbench.overrides import conf_dir, options
 from qbench.tasks import TaskSpec
 
 GLUE = ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]

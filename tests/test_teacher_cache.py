@@ -1,8 +1,10 @@
 """The teacher cache (qbench.teacher_cache): the same losses and student gradients as running the teacher, on real
 SST-2 rows (tiny BERT, per-example logits) and real PTB lines (tiny GPT-2, per-token logits); built once and reused;
-atomic; keyed by the training inputs and the layer."""
+atomic; keyed by the teacher's weights, the training inputs and the layer; a damaged entry is rebuilt."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ import torch
 import qbench.teacher_cache as tc
 from qbench.distill import ROW, DistillSpec, DistillTrainer
 from tests.conftest import DATA
+from tests.damage import DAMAGES
 from tests.kinds.generative_cli import TOKENIZER
 
 KD_TCD = DistillSpec(name="kd_tcd", kd_weight=1.0, tcd_weight=0.1, bank_size=64)
@@ -167,7 +170,8 @@ def test_interrupted_build_leaves_no_entry(tmp_path):
 
 def test_key_changes_with_max_length_layer_and_data(tmp_path):
     def key(ds, layer=-1):
-        return tc.entry_dir(tmp_path / "finetuned" / "e", layer, tc.inputs_digest(ds, ["input_ids", "attention_mask"]))
+        digest = tc.inputs_digest(ds, ["input_ids", "attention_mask"])
+        return tc.entry_dir(tmp_path / "finetuned" / "e", layer, digest, tc.weights_digest(bert(2)))
 
     ds, _ = sst2(16, max_length=64)
     assert key(ds) == key(sst2(16, max_length=64)[0])  # the same inputs: the same entry
@@ -175,3 +179,32 @@ def test_key_changes_with_max_length_layer_and_data(tmp_path):
     assert key(ds) != key(ds, layer=-2)
     assert key(ds) != key(sst2(17)[0]) != key(ds.select([1, 0, *range(2, 16)]))  # another row, another order
     assert key(ds).parent == tmp_path / "teacher" and key(ds).name.startswith("e-")
+
+
+def test_teachers_of_other_weights_under_one_fp_entry_get_their_own_entry(tmp_path):
+    """The same FP cache entry path, the same training set, two teachers of different weights (a fine-tune redone
+    into the same entry): the second reads its own outputs, not the first's."""
+    ds, collate = sst2(32)
+    first = trainer(tmp_path, bert(1), bert(2), ds, collate)
+    first.states = first.teacher_states()
+    second = trainer(tmp_path, bert(1), bert(4), ds, collate)
+    second.states = second.teacher_states()
+    assert second.states.path != first.states.path
+    compare(second, FP16, batches=2)  # cached KD/TCD losses = those of the real (second) teacher
+    again = trainer(tmp_path, bert(3), bert(2), ds, collate)  # the first teacher's weights again: its entry
+    assert again.teacher_states().path == first.states.path
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", ["hidden.npy", "offsets.npy", "meta.json"])
+def test_damaged_entry_is_named_and_rebuilt(tmp_path, caplog, name, damage):
+    ds, collate = sst2(32)
+    built = trainer(tmp_path, bert(1), bert(2), ds, collate).teacher_states()
+    DAMAGES[damage](built.path / name)
+    t = trainer(tmp_path, bert(1), bert(2), ds, collate)
+    with caplog.at_level(logging.WARNING, logger="qbench.teacher_cache"):
+        t.states = t.teacher_states()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(built.path) in warnings[0] and name in warnings[0], warnings
+    assert t.states.path == built.path and tc.folder_problem(t.states.path) is None
+    compare(t, FP16, batches=1)

@@ -21,12 +21,13 @@ import importlib
 import json
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
@@ -35,6 +36,7 @@ from transformers.initialization import no_init_weights
 from transformers.pytorch_utils import Conv1D
 
 from qbench.errors import QbenchError
+from qbench.integrity import file_problem, seal_file, sidecar
 from qbench.quant.packing import Packable, pack_bits, packed_nbytes, side_bits, unpack_bits
 from qbench.quant.wiring import ActFakeQuant
 
@@ -166,14 +168,17 @@ def export_packed(model: nn.Module, path: str | Path, meta: Mapping | None = Non
 
 
 def write_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> int:
-    """Write what `pack` returned to `path` atomically (a temporary file renamed into place); returns its bytes."""
+    """Write what `pack` returned to `path` atomically (a temporary file renamed into place), then its manifest
+    `<path>.sha256` (qbench.integrity), which `load_packed` checks; returns the file's bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    sidecar(path).unlink(missing_ok=True)  # meanwhile a reader finds no manifest, never another file's
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    seal_file(path)
     return path.stat().st_size
 
 
@@ -190,16 +195,38 @@ def _codec(spec: str) -> type:
 
 def read_packed_info(path: str | Path) -> dict[str, str]:
     """The metadata header of a packed file (no tensor data is read)."""
-    with safe_open(str(path), "pt") as f:
+    with damaged_as_error(path), safe_open(str(path), "pt") as f:
         md = f.metadata() or {}
-    if "qbench" not in md or json.loads(md["qbench"]).get("format") != FORMAT:
+    try:
+        ok = json.loads(md["qbench"]).get("format") == FORMAT
+    except (KeyError, ValueError, AttributeError):
+        ok = False
+    if not ok:
         raise QbenchError(f"{path}: not a qbench packed checkpoint ({FORMAT})")
     return md
 
 
+def check_packed(path: Path) -> None:
+    """Refuse, in one line, a packed file that differs from its manifest (cut short, emptied, overwritten); a
+    file without one (written before manifests) is left to the format's own checks."""
+    problem = file_problem(path)
+    if problem not in (None, "no manifest"):
+        raise QbenchError(f"{path}: damaged packed checkpoint ({problem}); delete it and run qbench export again")
+
+
+@contextmanager
+def damaged_as_error(path: str | Path):
+    """safetensors' errors on a file it cannot parse as one QbenchError line naming the file."""
+    try:
+        yield
+    except SafetensorError as e:
+        raise QbenchError(f"{path}: damaged packed checkpoint ({str(e).splitlines()[0]})") from None
+
+
 def load_packed(path: str | Path) -> nn.Module:
     """Rebuild the model of a packed checkpoint (stored config and class, no hub access) with plain weights equal
-    to the fake-quantized ones; returned in eval mode on the CPU."""
+    to the fake-quantized ones; returned in eval mode on the CPU. A damaged file is refused (QbenchError)."""
+    check_packed(Path(path))
     md = read_packed_info(path)
     info = json.loads(md["qbench"])
     cls = getattr(transformers, md["model_class"], None)
@@ -211,7 +238,7 @@ def load_packed(path: str | Path) -> nn.Module:
         model = cls(config)
     model.tie_weights()
     sd: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), "pt") as f:
+    with damaged_as_error(path), safe_open(str(path), "pt") as f:
         for name, q in info["quantized"].items():
             state = {k: f.get_tensor(f"{name}.{k}") for k in q["side"]}
             state["codes"] = unpack_bits(f.get_tensor(f"{name}.codes"), q["bits"], q["n"]).long()

@@ -1,5 +1,5 @@
 """Packed checkpoints (qbench.quant.checkpoint): export -> load equals the fake-quantized weights, for every
-scheme and bit-width; tied and shared embeddings are stored once."""
+scheme and bit-width; tied and shared embeddings are stored once; a damaged file is refused."""
 
 import json
 
@@ -8,12 +8,15 @@ import torch
 from safetensors import safe_open
 from torch.nn.utils import parametrize
 
+from qbench.errors import QbenchError
+from qbench.integrity import file_problem, sidecar
 from qbench.quant.checkpoint import PACKED_NAME, export_packed, load_packed
 from qbench.quant.kmeans import KMeans
 from qbench.quant.linear import Linear
 from qbench.quant.nf4 import NF4
 from qbench.quant.wiring import quantize_model
 from qbench.size import paper_b_bits
+from tests.damage import DAMAGES
 from tests.tiny import tiny_bart, tiny_bert, tiny_gpt2
 
 GPT2_INCLUDE = ["*transformer.wte.weight", "*transformer.h.*"]  # lm_head (tied to wte) deliberately not named
@@ -171,3 +174,19 @@ def test_bart_shared_embedding_stored_once(tmp_path):
         keys = set(f.keys())
     assert sum("shared" in k or "embed_tokens" in k or "lm_head" in k for k in keys) == 2  # codes + centroids
     assert_reloads_exactly(model, tmp_path / "m.safetensors", torch.randint(3, 100, (1, 8)))
+
+
+@pytest.mark.parametrize("sealed", [True, False], ids=["with-manifest", "older-without"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_packed_file_is_refused_in_one_line(tmp_path, damage, sealed):
+    model = tiny_bert()
+    quantize_model(model, KMeans(bits=2), ["*.encoder.*"], [])
+    path = tmp_path / PACKED_NAME
+    export_packed(model, path)
+    assert sidecar(path).is_file() and file_problem(path) is None
+    if not sealed:  # a file written before manifests: the format's own checks
+        sidecar(path).unlink()
+    DAMAGES[damage](path)
+    with pytest.raises(QbenchError, match="damaged packed checkpoint|not a qbench packed checkpoint") as e:
+        load_packed(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -27,9 +27,9 @@ def minilm() -> dict[str, torch.Tensor]:
     from omegaconf import OmegaConf
     from transformers import AutoModel
 
-    from qbench.cli import conf_dir
     from qbench.config import model_schema
     from qbench.models import load_model
+    from qbench.overrides import conf_dir
 
     model = load_model(model_schema(OmegaConf.load(conf_dir() / "model" / "minilm.yaml")), AutoModel, 0)
     params = dict(model.named_parameters())
