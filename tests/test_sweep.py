@@ -130,3 +130,17 @@ def test_per_tensor_bits_keep_old_ids_and_their_order_counts():
     with initialize_config_module("qbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["+scheme.bits_by={*.layer.0.*:3,*.layer.*:4}"])
     assert list(OmegaConf.to_container(cfg.scheme.bits_by)) == ["*.layer.0.*", "*.layer.*"]
+
+
+def test_a_null_quantizer_lr_keeps_the_committed_cell_ids(data_dir):
+    """train.qat.quantizer_lr came after these records: at its default (null) their ids are unchanged; set, it
+    makes another cell."""
+    records = [json.loads(f.read_text()) for f in sorted((REPO / "results/paper_b_smollm2").glob("*/record.json"))]
+    assert len(records) >= 10
+    for r in records:
+        c = {**r["config"], "data_dir": str(data_dir)}  # local data are identified by content, not path
+        assert "quantizer_lr" not in c["train"]["qat"]
+        c["train"]["qat"]["quantizer_lr"] = None
+        assert cell_id(c) == r["cell_id"]
+        c["train"]["qat"]["quantizer_lr"] = 0.01
+        assert cell_id(c) != r["cell_id"]
