@@ -65,7 +65,7 @@ def stage(**over):
     return OmegaConf.to_object(node)
 
 
-def tiny_qat(scheme, steps: int = 4, quantizer_lr=None, **over):
+def tiny_qat(scheme, steps: int = 4, quantizer_lr=None, callbacks=None, **over):
     """(model, finetune's info, range_moves) of `steps` QAT steps of a tiny random BERT quantized by `scheme`."""
     import torch
     from datasets import Dataset
@@ -84,7 +84,7 @@ def tiny_qat(scheme, steps: int = 4, quantizer_lr=None, **over):
                             "labels": torch.randint(0, 2, (8 * steps,), generator=g).tolist()})  # fmt: skip
     start = module_ranges(model)
     train = stage(lr=1e-4, batch_size=8, max_steps=steps, logging_steps=1, progress_bar=False, **over)
-    info = finetune(model, ds, default_data_collator, train, 0, "cpu", quantizer_lr=quantizer_lr)
+    info = finetune(model, ds, default_data_collator, train, 0, "cpu", callbacks=callbacks, quantizer_lr=quantizer_lr)
     return model, info, range_moves(with_init(module_ranges(model), start))
 
 
@@ -104,6 +104,23 @@ def test_a_quantizer_lr_moves_the_learned_ranges(name, learned, qlr):
     assert default[learned]["max"] < 0.01
     quant = [g for g in info["param_groups"] if g["ranges"]]
     assert quant == [{"lr": qlr, "weight_decay": 0.0, "tensors": 12, "ranges": 12}]
+
+
+def test_the_quantizer_group_follows_the_weights_schedule():
+    from transformers import TrainerCallback
+
+    from qbench.quant.mds import MDS
+
+    class Rates(TrainerCallback):  # every group's rate after each optimizer step
+        seen = []
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            self.seen.append([g["lr"] for g in getattr(optimizer, "optimizer", optimizer).param_groups])
+
+    tiny_qat(MDS(bits=2), steps=6, quantizer_lr=0.05, callbacks=[Rates()], warmup=2)
+    assert len(Rates.seen) == 6 and max(r[0] for r in Rates.seen) == pytest.approx(1e-4)
+    for weights, _, ranges in Rates.seen:  # warmup, then linear decay: the same factor of each group's rate
+        assert ranges / 0.05 == pytest.approx(weights / 1e-4)
 
 
 def test_quantizer_lr_null_keeps_trainers_groups_and_equal_lr_the_same_training():
