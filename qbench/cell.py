@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from qbench.config import ModelSchema, TrainSchema, check_config, for_task, typed_config
+from qbench.config import QAT_ONLY, ModelSchema, TrainSchema, check_config, for_task, typed_config
 from qbench.data import split_file
 from qbench.distill import DistillSpec
 from qbench.errors import QbenchError
@@ -102,7 +102,7 @@ def resolve_device(name: str) -> str:
 
 def qat_stage(train: TrainSchema) -> TrainSchema:
     """The quantization-aware stage's settings: train.* with the non-null train.qat.* on top."""
-    return replace(train, **{k: v for k, v in asdict(train.qat).items() if v is not None})
+    return replace(train, **{k: v for k, v in asdict(train.qat).items() if v is not None and k not in QAT_ONLY})
 
 
 def parse(cfg: DictConfig) -> Cell:
@@ -153,5 +153,10 @@ def check_combinations(scheme: Scheme | NoQuant, train: TrainSchema, distill: Di
                           "stage trains on the first N of the same examples)")  # fmt: skip
     if train.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise QbenchError('train.report_to=tensorboard needs tensorboard: pip install "qbench[tensorboard]"')
+    qlr = train.qat.quantizer_lr
+    if qlr is not None and not (getattr(scheme, "learns_range", False) and order in ("qat", "ft_then_qat")):
+        raise QbenchError(f"train.qat.quantizer_lr={qlr}: only a quantization-aware stage (train.order=qat or "
+                          f"ft_then_qat) of a scheme with learned ranges (pact, lsq, mds) trains them; here "
+                          f"scheme={scheme.name}, train.order={order}: leave it null")  # fmt: skip
     if scheme.name == "laq" and optim != "adamw_torch":
         raise QbenchError(f"scheme=laq reads Adam's second moments: train.optim={optim!r} needs adamw_torch")

@@ -81,6 +81,14 @@ class QatSchema:
     max_train_examples: int | None = ge(1, None)
     warmup: Any = key(None, WARMUP, is_warmup)
     batch_size: int | None = ge(1, None)
+    # the learned ranges of the quantizers (PACT α, LSQ s, MDS γ: qbench.quant.scaled.range_parameters) in an
+    # optimizer group of their own, at this absolute learning rate, without weight decay, under the same schedule
+    # (warmup, decay) as the weights. null: one learning rate (the stage's) and train.weight_decay for everything,
+    # as before the key existed (a null key is not part of the cell id: qbench.sweep.unused)
+    quantizer_lr: float | None = gt(0, None)
+
+
+QAT_ONLY = ("quantizer_lr",)  # train.qat keys without a train.* counterpart: read by the QAT stage itself
 
 
 @dataclass

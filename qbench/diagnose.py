@@ -28,14 +28,17 @@ layer's (hidden_states[L // 2] of the L + 1, the embedding output being 0).
 Module ranges, per quantized tensor (its latent weight, as trained): max|w|/mean|w|, and, for a scheme with a
 learned range (the parametrization's `learned_range(latent)`: PACT α, LSQ s, MDS γ, LAQ's fitted α), the clip
 (the largest positive level) over mean|w|, at quantization (`clip_over_mean_init`) and at the end of training; so
-MDS's γ is its own clip_over_mean. Layer index and module type (attention q/k/v/qkv/o, ffn in/out, embedding) are
-parsed from the parameter name.
+MDS's γ is its own clip_over_mean. The learned values at quantization are kept too (`learned_init`), and
+`range_moves` sums up how far training moved them: per learned name, the median and largest relative change over
+the tensors (a range that cannot move under the optimizer's learning rate shows here). Layer index and module
+type (attention q/k/v/qkv/o, ffn in/out, embedding) are parsed from the parameter name.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
 
 import torch
@@ -217,16 +220,35 @@ def module_ranges(model: nn.Module) -> list[dict]:
 
 
 def with_init(ranges: list[dict], init: list[dict]) -> list[dict]:
-    """ranges (end of training) with each tensor's clip_over_mean at quantization time (clip_over_mean_init)."""
-    first = {r["name"]: r.get("clip_over_mean") for r in init}
-    return [{**r, "clip_over_mean_init": first[r["name"]]} if "clip_over_mean" in r else r for r in ranges]
+    """ranges (end of training) with each tensor's clip_over_mean and learned values at quantization time
+    (clip_over_mean_init, learned_init)."""
+    first = {r["name"]: r for r in init}
+    return [{**r, "clip_over_mean_init": first[r["name"]].get("clip_over_mean"),
+             "learned_init": first[r["name"]].get("learned", {})} if "clip_over_mean" in r else r
+            for r in ranges]  # fmt: skip
+
+
+def range_moves(ranges: list[dict]) -> dict:
+    """How far training moved each learned value (PACT α, LSQ s, MDS γ, LAQ's fitted α): per name, the median and
+    the largest relative change |end / start - 1| over the tensors, and how many tensors have it. {} without
+    learned ranges."""
+    moves: dict[str, list[float]] = {}
+    for r in ranges:
+        start = r.get("learned_init") or {}
+        for k, end in (r.get("learned") or {}).items():
+            if start.get(k):
+                moves.setdefault(k, []).append(abs(end / start[k] - 1))
+    return {k: {"median": statistics.median(v), "max": max(v), "tensors": len(v)} for k, v in moves.items()}
 
 
 def section(split: str, fp: dict, quantized: dict | None = None, ranges: list[dict] | None = None) -> dict:
     """The record's `diagnosis`: the sample (the same for both models), the FP model's measures and, for a quantized
-    cell, the quantized model's and the module ranges."""
+    cell, the quantized model's, the module ranges and how far the learned ones moved (range_moves)."""
     fp, quantized = dict(fp), quantized and dict(quantized)
     sample = {"split": split, **fp.pop("sample")}
     if quantized is not None:
         quantized.pop("sample")
-    return {"sample": sample, "fp": fp, **({"quantized": quantized, "ranges": ranges} if quantized else {})}
+    if quantized is None:
+        return {"sample": sample, "fp": fp}
+    moves = range_moves(ranges or [])
+    return {"sample": sample, "fp": fp, "quantized": quantized, "ranges": ranges, "range_moves": moves}

@@ -120,7 +120,10 @@ class Stages:
         """Fine-tune the quantized model (train.* with the train.qat.* overrides), taught by the cached FP
         fine-tune when distillation is on; returns the record's training entries ({qat} or {teacher, qat})."""
         c, out = self.cell, {}
-        options = {"callbacks": c.scheme.train_callbacks()}  # e.g. LAQ reads the optimizer's second moments
+        options = {
+            "callbacks": c.scheme.train_callbacks(),  # e.g. LAQ reads the optimizer's second moments
+            "quantizer_lr": c.train.qat.quantizer_lr,  # the learned ranges' own rate (None: the stage's lr)
+        }
         if c.distill.active:  # qbench.distill
             teacher, info = self.full_precision()
             options |= {"trainer_cls": DistillTrainer, "teacher": teacher, "spec": c.distill,

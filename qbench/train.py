@@ -13,6 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from qbench.config import TrainSchema
 from qbench.errors import QbenchError
+from qbench.quant.scaled import range_parameters
 
 
 def training_args(train: TrainSchema, seed: int, device: str) -> TrainingArguments:
@@ -45,6 +46,37 @@ def training_args(train: TrainSchema, seed: int, device: str) -> TrainingArgumen
     )
 
 
+def with_quantizer_group(trainer: Trainer, quantizer_lr: float) -> tuple[type, dict]:
+    """The Trainer's optimizer class and arguments (`optimizer_cls_and_kwargs`) with the quantizers' learned ranges
+    (qbench.quant.scaled.range_parameters) in a third parameter group at `quantizer_lr`, weight decay 0. The other
+    two are Trainer's own (decayed, not decayed) without them. The learning-rate schedule multiplies every group's
+    initial rate by the same factor, so the quantizer group follows the weights' warmup and decay."""
+    model, args = trainer.model, trainer.args
+    ranges = {id(p) for _, p in range_parameters(model)}
+    if not ranges:
+        raise QbenchError(f"train.qat.quantizer_lr={quantizer_lr}: the model has no learned quantizer ranges")
+    decay = set(trainer.get_decay_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rest = [(n, p) for n, p in named if id(p) not in ranges]
+    groups = [
+        {"params": [p for n, p in rest if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in rest if n not in decay], "weight_decay": 0.0},
+        {"params": [p for _, p in named if id(p) in ranges], "weight_decay": 0.0, "lr": quantizer_lr},
+    ]
+    cls, kwargs = trainer.get_optimizer_cls_and_kwargs(args, model)
+    return cls, {**kwargs, "params": groups}  # "params": Trainer.create_optimizer takes these groups as they are
+
+
+def param_groups(optimizer, model) -> list[dict]:
+    """The record's view of the optimizer: per parameter group its initial learning rate (before the schedule),
+    weight decay, tensors and how many of them are learned quantizer ranges."""
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    ranges = {id(p) for _, p in range_parameters(model)}
+    return [{"lr": g.get("initial_lr", g["lr"]), "weight_decay": g.get("weight_decay", 0.0),
+             "tensors": len(g["params"]), "ranges": sum(id(p) in ranges for p in g["params"])}
+            for g in opt.param_groups]  # fmt: skip
+
+
 def tensorboard(log_dir: Path):
     """Trainer's TensorBoard integration, writing to log_dir: every logged value (loss, learning rate, gradient
     norm, distillation's loss_task/loss_kd/loss_tcd) at its step."""
@@ -58,17 +90,20 @@ def tensorboard(log_dir: Path):
 
 
 def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: str, callbacks=None, trainer_cls=Trainer,
-             log_dir: Path | None = None, **trainer_kwargs) -> dict:  # fmt: skip
-    """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve} (+ loss_components
-    and task_loss_curve, the task loss alone at each logged step, when the trainer has them: qbench.distill).
-    `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
+             log_dir: Path | None = None, quantizer_lr: float | None = None, **trainer_kwargs) -> dict:  # fmt: skip
+    """Train `model` in place on train_ds; returns {loss, steps, seconds, device, loss_curve, param_groups}
+    (+ loss_components and task_loss_curve, the task loss alone at each logged step, when the trainer has them:
+    qbench.distill). `callbacks`: TrainerCallbacks (LAQ's optimizer-state feed);
     `trainer_cls`/`trainer_kwargs`: a Trainer subclass and its extra arguments (qbench.distill.DistillTrainer);
-    `log_dir`: where train.report_to=tensorboard writes this stage's event file (by the main process only)."""
+    `log_dir`: where train.report_to=tensorboard writes this stage's event file (by the main process only);
+    `quantizer_lr`: the learned quantizer ranges' own learning rate (train.qat.quantizer_lr; None: the stage's)."""
     args = training_args(train, seed, device)
     if train.report_to == "tensorboard" and log_dir is not None and args.process_index == 0:
         callbacks = [*(callbacks or []), tensorboard(log_dir)]
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, data_collator=collator,
                           callbacks=callbacks or None, **trainer_kwargs)  # fmt: skip
+    if quantizer_lr is not None:  # after __init__: DistillTrainer attaches TCD's projection there (trained too)
+        trainer.optimizer_cls_and_kwargs = with_quantizer_group(trainer, quantizer_lr)
     out = trainer.train()
     curve = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     task = [(h["step"], h["loss_task"]) for h in trainer.state.log_history if "loss_task" in h]  # distillation's
@@ -83,6 +118,7 @@ def finetune(model, train_ds, collator, train: TrainSchema, seed: int, device: s
         "seconds": out.metrics.get("train_runtime"),
         "device": str(args.device),
         "loss_curve": curve,
+        "param_groups": param_groups(trainer.optimizer, trainer.model),
         **({"task_loss_curve": task} if task else {}),  # the task loss alone: comparable with plain training
         **({"loss_components": trainer.loss_components} if hasattr(trainer, "loss_components") else {}),
     }

@@ -186,3 +186,18 @@ def test_an_encoder_decoder_is_read_through_its_decoder():
     assert d["sample"]["tokens"] == 40 and d["sample"]["forward_passes"] == 2  # 21 summary tokens per example
     assert d["sample"]["layers"] == 1 and d["sample"]["embedding_rows"] == 30  # counted on the documents (10..39)
     assert not model.training
+
+
+def test_range_moves_sum_up_the_relative_change_of_each_learned_value():
+    from qbench.diagnose import range_moves
+
+    ranges = [  # end values, with the start ones (learned_init) as with_init leaves them
+        {"name": "a", "learned": {"gamma": 3.3, "alpha": 0.5}, "learned_init": {"gamma": 3.0, "alpha": 0.4}},
+        {"name": "b", "learned": {"gamma": 2.0, "alpha": 0.1}, "learned_init": {"gamma": 4.0, "alpha": 0.1}},
+        {"name": "c", "learned": {"gamma": 5.0}, "learned_init": {"gamma": 5.0}},
+        {"name": "d", "max_over_mean": 7.0},  # a scheme without a learned range
+    ]
+    moves = range_moves(ranges)
+    assert moves["gamma"] == {"median": pytest.approx(0.1), "max": pytest.approx(0.5), "tensors": 3}
+    assert moves["alpha"] == {"median": pytest.approx(0.125), "max": pytest.approx(0.25), "tensors": 2}
+    assert range_moves([{"name": "d", "max_over_mean": 7.0}]) == {}

@@ -65,3 +65,19 @@ def test_per_task_settings_apply_to_their_task_only(tmp_path, data_dir, monkeypa
     assert r["config"]["train"]["max_train_examples"] == 32
     with pytest.raises(QbenchError, match="train.tasks"):
         parse(cell(tmp_path, "+train.tasks.sst2.order=ptq"))
+
+
+def test_quantizer_lr_reaches_the_record(tmp_path, data_dir, monkeypatch):
+    """train.qat.quantizer_lr: the record holds every optimizer group's lr and weight decay, and how far the learned
+    ranges moved (diagnosis.range_moves); schemes without a learned range, or stages that do not train, refuse it."""
+    monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))
+    r = run(cell(tmp_path, "scheme=mds", "train.qat.quantizer_lr=0.3", "train.weight_decay=0.01"), tmp_path / "run")
+    groups = r["training"]["qat"]["param_groups"]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.01), (1e-3, 0.0), (0.3, 0.0)]
+    assert groups[2]["ranges"] == groups[2]["tensors"] == r["scheme"]["quantized_tensors"]
+    moves = r["diagnosis"]["range_moves"]["gamma"]
+    assert moves["tensors"] == r["scheme"]["quantized_tensors"] and moves["median"] > 0.1
+    assert r["config"]["train"]["qat"]["quantizer_lr"] == 0.3
+    for bad in (["scheme=laq"], ["scheme=kmeans"], ["scheme=mds", "train.order=ptq"]):
+        with pytest.raises(QbenchError, match="train.qat.quantizer_lr=0.3: only a quantization-aware stage"):
+            parse(cell(tmp_path, *bad, "train.qat.quantizer_lr=0.3"))

@@ -150,3 +150,55 @@ def test_submitit_launcher_runs_a_sweep_for_real(tmp_path):
     assert "Submitit 'local' sweep output dir" in p.stdout
     assert len([f for f in (tmp_path / ".submitit").rglob("*_result.pkl")]) == 2  # both ran as submitit jobs
     assert "| linear 2b" in p.stdout and "| linear 4b" in p.stdout  # the table of the study
+
+
+def test_a_null_quantizer_lr_keeps_the_committed_cell_ids(data_dir):
+    """train.qat.quantizer_lr came after these records: at its default (null) their ids are unchanged; set, it
+    makes another cell."""
+    records = [json.loads(f.read_text()) for f in sorted((REPO / "results/paper_b_smollm2").glob("*/record.json"))]
+    assert len(records) >= 10
+    for r in records:
+        c = {**r["config"], "data_dir": str(data_dir)}  # local data are identified by content, not path
+        assert "quantizer_lr" not in c["train"]["qat"]
+        c["train"]["qat"]["quantizer_lr"] = None
+        assert cell_id(c) == r["cell_id"]
+        c["train"]["qat"]["quantizer_lr"] = 0.01
+        assert cell_id(c) != r["cell_id"]
+
+
+def test_issue_26_experiments_compose_to_valid_cells():
+    """paper_b_glue_cpu (MiniLM 2-2-8 on SST-2 and MRPC) starts from train=cpu's cached FP fine-tune;
+    paper_b_smollm2_qlr trains 4x paper_b_smollm2's 25 QAT steps, each block once; both take a quantizer_lr for
+    pact/lsq/mds only."""
+    import pytest
+
+    from qbench.cell import build_scheme, check_combinations
+    from qbench.config import typed_config
+    from qbench.distill import DistillSpec
+    from qbench.errors import QbenchError
+    from qbench.fp_cache import fp_cache_dir
+
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        glue = compose("config", overrides=["+experiment=paper_b_glue_cpu"], return_hydra_config=True)
+        grid = {k: v.split(",") for k, v in glue.hydra.sweeper.params.items()}
+        assert grid == {"task": ["sst2", "mrpc"], "scheme": ["pact", "lsq", "laq", "mds"],
+                        "distill": ["none", "kd", "tcd", "kd_tcd"], "seed": ["42", "1", "2"]}  # fmt: skip
+        for task in grid["task"]:  # the FP fine-tune of paper A's CPU study (train=cpu): the same cache entry
+            fp = compose("config", overrides=["+experiment=paper_a_glue_cpu", "scheme=none", f"task={task}"])
+            cell = compose("config", overrides=["+experiment=paper_b_glue_cpu", f"task={task}", "scheme=mds",
+                                                "distill=kd_tcd", "train.qat.quantizer_lr=0.01"])  # fmt: skip
+            assert fp_cache_dir(cell) == fp_cache_dir(fp)
+        lm = compose("config", overrides=["+experiment=paper_b_smollm2_qlr"], return_hydra_config=True)
+        assert lm.train.qat.max_steps >= 4 * 25 and lm.train.qat.max_steps * lm.train.batch_size <= (
+            lm.train.qat.max_train_examples)  # fmt: skip
+        for name, wea in (("paper_b_glue_cpu", "2-2-8"), ("paper_b_smollm2_qlr", "4-4-8")):
+            for scheme in ("pact", "lsq", "laq", "mds"):
+                over = [f"+experiment={name}", f"scheme={scheme}", "distill=kd_tcd", "train.qat.quantizer_lr=0.01"]
+                cfg = compose("config", overrides=over)
+                s, c, d = build_scheme(cfg), typed_config(cfg), DistillSpec.from_config(cfg.distill)
+                assert s.wea == wea and d.active
+                if scheme == "laq":  # LAQ fits its range: nothing to train at a rate of its own
+                    with pytest.raises(QbenchError, match="quantizer_lr"):
+                        check_combinations(s, c.train, d)
+                else:
+                    check_combinations(s, c.train, d)

@@ -25,6 +25,7 @@ from qbench.quant.schemes import Scheme
 @dataclass(frozen=True)
 class LSQ(Scheme):
     name: ClassVar[str] = "lsq"
+    learns_range: ClassVar[bool] = True  # a learned range per module: train.qat.quantizer_lr applies
     init: str = "mse"  # s0: mse (least-squares step) | minmax (max|w| / Qp) | lsq (2·mean|w| / sqrt(Qp))
 
     def __post_init__(self) -> None:
@@ -38,6 +39,8 @@ class LSQ(Scheme):
 
 
 class LSQQuant(ScaledFakeQuant):
+    range_params = ("s",)
+
     def __init__(self, bits: int, transposed: bool, weight: torch.Tensor, init: str = "mse"):
         super().__init__(bits, transposed, qn=2 ** (bits - 1), qp=2 ** (bits - 1) - 1)
         self.s = nn.Parameter(torch.tensor(init_step(weight, bits, init, self.qn, self.qp)))

@@ -31,6 +31,7 @@ from qbench.quant.schemes import Scheme
 @dataclass(frozen=True)
 class MDS(Scheme):
     name: ClassVar[str] = "mds"
+    learns_range: ClassVar[bool] = True  # a learned range per module: train.qat.quantizer_lr applies
     init: str = "mse"  # γ0: mse (least-squares clip / mean|w|) | minmax (max|w| / mean|w|) | lsq (2·sqrt(n))
     gamma_init: float | None = None  # γ0, overriding `init`; None = use `init`
 
@@ -50,6 +51,8 @@ class MDS(Scheme):
 
 
 class MDSQuant(ScaledFakeQuant):
+    range_params = ("gamma",)
+
     def __init__(self, bits: int, transposed: bool, gamma: float):
         super().__init__(bits, transposed)
         self.gamma = nn.Parameter(torch.tensor(float(gamma)))

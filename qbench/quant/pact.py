@@ -28,6 +28,7 @@ from qbench.quant.schemes import Scheme
 @dataclass(frozen=True)
 class PACT(Scheme):
     name: ClassVar[str] = "pact"
+    learns_range: ClassVar[bool] = True  # a learned range per module: train.qat.quantizer_lr applies
     init: str = "mse"  # α0: mse (least-squares clip) | minmax (max|w|) | lsq (2·sqrt(n)·mean|w|)
     alpha_init: float | None = None  # α0 = alpha_init · mean|w|, overriding `init`; None = use `init`
 
@@ -47,6 +48,8 @@ class PACT(Scheme):
 
 
 class PACTQuant(ScaledFakeQuant):
+    range_params = ("alpha",)
+
     def __init__(self, bits: int, transposed: bool, alpha: float):
         super().__init__(bits, transposed)
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))

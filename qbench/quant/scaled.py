@@ -112,6 +112,19 @@ def init_step(w: torch.Tensor, bits: int, init: str, qn: int, qp: int) -> float:
     return fit_step(w, qn, qp)
 
 
+def range_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every learned-range parameter of the model's quantizers (their `range_params`), once
+    each: found by the quantizer modules that declare them, not by parameter names."""
+    seen, out = set(), []
+    for mod_name, module in model.named_modules():
+        for attr in getattr(module, "range_params", ()):
+            p = getattr(module, attr)
+            if isinstance(p, nn.Parameter) and id(p) not in seen:
+                seen.add(id(p))
+                out.append((f"{mod_name}.{attr}" if mod_name else attr, p))
+    return out
+
+
 class _FakeQuant(torch.autograd.Function):
     """Forward k·step (ScaledFakeQuant.levels, bit for bit the unfused value); backward the scheme's `grads`. Saves
     the latent (no copy: a parameter), the step and the levels as int8 (bits <= 8: k in [-128, 127])."""
@@ -135,6 +148,9 @@ class ScaledFakeQuant(nn.Module):
     (qbench.quant.packing.Packable): codes = k + qn (1 bit: (k + 1) / 2), side tensors `step` and `levels`."""
 
     fused = True  # training runs `grads` (closed form) where the scheme has it; False: autograd of grad_path
+    # names of this module's learned-range parameters (PACT α, LSQ s, MDS γ): `range_parameters` finds them, and
+    # train.qat.quantizer_lr trains them in an optimizer group of their own (qbench.train)
+    range_params: tuple[str, ...] = ()
 
     def __init__(self, bits: int, transposed: bool, qn: int | None = None, qp: int | None = None):
         super().__init__()

@@ -1,0 +1,104 @@
+"""Pick each quantizer's own learning rate (train.qat.quantizer_lr) on training losses, never an evaluation split.
+
+For each scheme with a learned range (--schemes, e.g. pact,lsq,mds) it runs one qbench cell per rate of --grid with
+the given overrides (a multirun into results/sweeps/<study>; completed cells are skipped, so a rerun resumes), then
+scores every cell by its final training loss: the mean task loss of its last --last logged QAT steps (with
+distillation the task part, task_loss_curve). When the QAT stage reads each training example once, those steps are
+on examples the model has not been trained on yet, a held-out estimate. A cell that failed (e.g. diverged) scores
+inf. The pick per scheme is the rate with the lowest score (ties: the smaller rate). Prints "scheme rate" per line
+and writes --out (JSON): the picks and every candidate with its score and how far its ranges moved.
+
+    python scripts/quantizer_lr_search.py --out results/sweeps/paper_b_glue_cpu_qlr/sst2.json \\
+        --grid 1e-4,1e-3,1e-2,1e-1 --schemes pact,lsq,mds -- \\
+        +experiment=paper_b_glue_cpu task=sst2 seed=42 distill=none study=paper_b_glue_cpu_qlr
+--select-only scores the cells already there without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def final_loss(record: dict | None, last: int) -> float:
+    """Mean task loss of the last `last` logged QAT steps; inf for a missing or failed cell."""
+    if not record or record.get("status") != "completed":
+        return math.inf
+    qat = record["training"]["qat"]
+    losses = [loss for _, loss in qat.get("task_loss_curve") or qat["loss_curve"]][-last:]
+    return sum(losses) / len(losses) if losses else math.inf
+
+
+def cell_dirs(overrides: list[str], schemes: list[str], grid: list[float]) -> dict[tuple[str, float], Path]:
+    """{(scheme, rate): the run folder its multirun writes} (results/sweeps/<study>/<cell id>), from the composed
+    configs."""
+    from hydra import compose, initialize_config_module
+
+    import qbench.cli  # noqa: F401  (the cell_id resolver)
+    from qbench.sweep import cell_id
+
+    out = {}
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        for scheme in schemes:
+            for lr in grid:
+                cfg = compose("config", overrides=[*overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={lr}"])
+                out[scheme, lr] = REPO / "results" / "sweeps" / cfg.study / cell_id(cfg)
+    return out
+
+
+def read(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", required=True, help="comma-separated rates, e.g. 1e-4,1e-3,1e-2,1e-1")
+    ap.add_argument("--schemes", default="pact,lsq,mds")
+    ap.add_argument("--last", type=int, default=10, help="logged QAT steps averaged for the score")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--select-only", action="store_true", help="score the cells already run; run nothing")
+    ap.add_argument("overrides", nargs="*", help="qbench overrides of every cell (after --)")
+    a = ap.parse_args()
+    grid, schemes = [float(x) for x in a.grid.split(",")], a.schemes.split(",")
+    dirs = cell_dirs(a.overrides, schemes, grid)
+    if not a.select_only:
+        qbench = os.environ.get("QBENCH", f"{sys.executable} -m qbench.cli").split()
+        for scheme in schemes:
+            cmd = [*qbench, "run", "-m", *a.overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={a.grid}"]
+            print("+", " ".join(cmd), file=sys.stderr, flush=True)
+            subprocess.run(cmd, cwd=REPO, check=True)
+    candidates = []
+    for (scheme, lr), path in dirs.items():
+        r = read(path)
+        moves = ((r or {}).get("diagnosis") or {}).get("range_moves") or {}
+        candidates.append({"scheme": scheme, "quantizer_lr": lr, "final_loss": final_loss(r, a.last),
+                           "cell_id": path.name, "status": (r or {}).get("status", "missing"),
+                           "range_moves": moves})  # fmt: skip
+    picks = {}
+    for scheme in schemes:
+        mine = sorted((c["final_loss"], c["quantizer_lr"]) for c in candidates if c["scheme"] == scheme)
+        if mine and math.isfinite(mine[0][0]):
+            picks[scheme] = mine[0][1]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"picks": picks, "last": a.last, "overrides": a.overrides,
+                                 "candidates": candidates}, indent=1) + "\n")  # fmt: skip
+    for c in candidates:
+        move = " ".join(f"{k} median {v['median']:.3f} max {v['max']:.3f}" for k, v in c["range_moves"].items())
+        print(f"# {c['scheme']:5s} quantizer_lr {c['quantizer_lr']:<8g} final loss {c['final_loss']:.4f}  {move}",
+              file=sys.stderr)  # fmt: skip
+    for scheme, lr in picks.items():
+        print(scheme, lr)
+
+
+if __name__ == "__main__":
+    main()
