@@ -6,9 +6,10 @@ bert.encoder.layer.0, model.decoder.layers.0, ALBERT's albert_layer_groups.0); a
 embedding, ALBERT's embedding mapping, a pooler) is a stage of its own. Stages run in the order the model first
 reaches them. Per stage:
 - embeddings (nn.Embedding): no input Hessian; round-to-nearest on the grid (GPTQ with H = identity);
-- Linear / Conv1D: H = X X^T / n accumulated in float64 over every input position of every calibration batch
-  (padding included, as qbench.calibrate's "inputs"), never keeping the activations; layers of one block all see the
-  block's inputs before any of them is quantized (the GPTQ reference's default; not "true sequential");
+- Linear / Conv1D: H = X X^T / n (each batch's product in float32, summed in float64) over every input position
+  of every calibration batch (padding included, as qbench.calibrate's "inputs"), never keeping the activations;
+  layers of one block all see the block's inputs before any of them is quantized (the GPTQ reference's default,
+  not its "true sequential" option);
 - then GPTQ per tensor, and the quantized values are written into the weights so later stages see them.
 How a block's inputs are obtained: a block that is an element of an nn.ModuleList and runs once per forward pass
 (transformer layers of BERT, GPT-2, BART, Llama) gets its inputs (the positional arguments and keyword arguments the
@@ -212,8 +213,11 @@ def _hessians(targets: Targets, names: list[str], passes) -> dict[str, tuple[tor
 
 
 def _add(acc: list, x: torch.Tensor) -> None:
-    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (positions, in)
-    acc[0] = x.T @ x if acc[0] is None else acc[0].addmm_(x.T, x)
+    """Add one batch's X^T X to a float64 sum; the product in float32 (as the GPTQ reference keeps H), one batch's
+    positions at a time, so the sum over many batches loses nothing more."""
+    x = x.detach().reshape(-1, x.shape[-1]).float()  # (positions, in)
+    xx = (x.T @ x).double()  # (in, in)
+    acc[0] = xx if acc[0] is None else acc[0].add_(xx)
     acc[1] += x.shape[0]
 
 

@@ -45,7 +45,7 @@ class GPTQ(Scheme):
     damp: float = 0.01  # H += damp * mean(diag H) * I
     block_size: int = 128  # columns per lazy batch update
     act_order: bool = False  # columns by decreasing H[i, i]
-    calib_batches: int = 64  # training batches of train.batch_size the Hessians (and Fisher) average over
+    calib_batches: int = 32  # training batches of train.batch_size the Hessians (and Fisher) average over
     weighting: str = "none"  # grid=kmeans: none | fisher (squared task-loss gradients as the codebook's weights)
     init: str = "linear"  # grid=kmeans: kmeans_1d_rows' initialisation
     max_iter: int = 100

@@ -187,7 +187,7 @@ def test_scheme_is_validated():
         GPTQ(bits=3, grid="kmeans", group_size=128)
     with pytest.raises(QbenchError, match="weights only"):
         GPTQ(bits=3, act_bits=8)
-    assert GPTQ(bits=3, grid="kmeans", weighting="fisher").calibration() == Calibration(("grad_sq", "hessian"), 64)
+    assert GPTQ(bits=3, grid="kmeans", weighting="fisher").calibration() == Calibration(("grad_sq", "hessian"), 32)
 
 
 @pytest.mark.parametrize("grid,codec", [("linear", "gptq_scheme:GridCodes"), ("kmeans", "kmeans:GroupedCodebook")])
