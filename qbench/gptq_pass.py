@@ -80,7 +80,7 @@ def sequential_gptq(model: nn.Module, targets: Targets, data: list[dict], scheme
                 if block is not None and (cache is None or cache[0] is not block):
                     cache = (block, _capture(model, block, run, data))
                 passes = _block_passes(cache) if block is not None else (run(b) for b in data)
-                h = _hessians(targets, lin, passes)
+                h = _hessians(targets, lin, passes) if lin else {}  # embeddings alone: no pass
                 for name in names:
                     module, others = targets[name]
                     out[name] = _quantize(module, name, others, h.get(name), scheme, (fisher or {}).get(name))
@@ -230,7 +230,7 @@ def _quantize(module: nn.Module, name: str, others: list[str], h: tuple[torch.Te
     w2d = as_2d(w.detach(), transposed)  # (rows = outputs, cols = inputs)
     grid = s.make_grid(w2d, None if fisher is None else as_2d(fisher, transposed).to(torch.float64))
     hess, n = h if h is not None else (torch.eye(w2d.shape[1], dtype=torch.float64), 0)
-    res: GPTQResult = gptq_quantize(w2d, hess, grid, s.damp, s.block_size, s.act_order)
+    res: GPTQResult = gptq_quantize(w2d, hess, grid, s.damp, s.block_size, s.act_order, dtype=torch.float32)
     w2d.copy_(res.q.to(w.dtype))  # the view writes into the weight: later stages see the quantized layer
     return {"gptq": res, "tokens": n}
 

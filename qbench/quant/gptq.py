@@ -68,7 +68,7 @@ class LinearGrid:
     def quantize(self, col: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(quantized values, codes) of column `col`'s current values w (rows,); its group must be fixed."""
         g = self.group(col)
-        scale, offset = self.scale[:, g : g + 1], self.offset[:, g : g + 1]  # (rows, 1)
+        scale, offset = self.scale[:, g : g + 1].to(w.dtype), self.offset[:, g : g + 1].to(w.dtype)  # (rows, 1)
         codes = P.linear_codes(w[:, None], scale, offset, self.bits)  # (rows, 1)
         return (offset + scale * codes)[:, 0], codes[:, 0]
 
@@ -105,8 +105,9 @@ class KMeansGrid:
 
     def quantize(self, col: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(nearest centroid of each row, its index) for the current values w (rows,) of a column."""
-        codes = (w[:, None] - self.centroids).abs().argmin(1)  # (rows,); ties: the lower centroid
-        return self.centroids.gather(1, codes[:, None])[:, 0], codes
+        c = self.centroids.to(w.dtype)
+        codes = (w[:, None] - c).abs().argmin(1)  # (rows,); ties: the lower centroid
+        return c.gather(1, codes[:, None])[:, 0], codes
 
     def state(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         """The packed state of the kmeans_row scheme (GroupedCodebook.packed_state)."""
@@ -118,19 +119,20 @@ Grid = LinearGrid | KMeansGrid
 
 @dataclass
 class GPTQResult:
-    q: torch.Tensor  # (rows, cols) float64: the quantized weight, original column order
+    q: torch.Tensor  # (rows, cols) in the computing dtype: the quantized weight, original column order
     codes: torch.Tensor  # (rows, cols) int64: its grid codes
     grid: Grid  # with its parameters fixed (scales / codebooks)
     stats: dict  # output errors tr(D H D^T) of GPTQ and of round-to-nearest on the same grid, and the signal
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = 0.01, block_size: int = 128,
-                  act_order: bool = False) -> GPTQResult:  # fmt: skip
+                  act_order: bool = False, dtype: torch.dtype = torch.float64) -> GPTQResult:  # fmt: skip
     """GPTQ of w (rows, cols) with the input Hessian h (cols, cols) on `grid` (see the module docstring). Computes
-    in float64. stats: {"gptq_err", "rtn_err", "signal"} on the undampened h: tr(D h D^T) for D = W - Q, for D = W -
-    RTN(W) (RTN: the same grid without error feedback, its parameters from the original weights) and tr(W h W^T)."""
+    in `dtype` (float64: the tests' exact comparisons; the GPTQ pass uses float32, as the reference code).
+    stats: {"gptq_err", "rtn_err", "signal"} on the undampened h: tr(D h D^T) for D = W - Q, for D = W - RTN(W)
+    (RTN: the same grid without error feedback, its parameters from the original weights) and tr(W h W^T)."""
     rows, cols = w.shape
-    w0, h0 = w.detach().to(torch.float64), h.detach().to(torch.float64)
+    w0, h0 = w.detach().to(dtype), h.detach().to(dtype)
     W, H = w0.clone(), h0.clone()
     dead = torch.diagonal(H) == 0  # (cols,) inputs never active: their weights cannot matter on this data
     H[dead, dead] = 1
@@ -174,7 +176,7 @@ def rtn(w: torch.Tensor, grid: Grid) -> torch.Tensor:
     k-means codebooks."""
     if isinstance(grid, KMeansGrid):
         return torch.stack([grid.quantize(j, w[:, j])[0] for j in range(w.shape[1])], 1)
-    g = P.grouped(w.to(torch.float64), "group", grid.size)  # (rows * G, size)
+    g = P.grouped(w, "group", grid.size)  # (rows * G, size)
     scale, offset = P.linear_qparams(g, grid.bits, grid.symmetric)
     return (offset + scale * P.linear_codes(g, scale, offset, grid.bits)).reshape(w.shape)
 
