@@ -22,6 +22,7 @@ list runs full forward passes. At the end the original weights are put back: qua
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import resource
 import time
@@ -38,6 +39,7 @@ from qbench.quant.gptq import GPTQResult, gptq_quantize
 from qbench.quant.schemes import as_2d
 
 Targets = dict[str, tuple[nn.Module, list[str]]]  # qbench.quant.wiring.select
+log = logging.getLogger(__name__)
 
 
 class _Stop(Exception):
@@ -74,7 +76,8 @@ def sequential_gptq(model: nn.Module, targets: Targets, data: list[dict], scheme
     cache: tuple[nn.Module, list] | None = None  # (next block of a list, its inputs per batch)
     try:
         with torch.no_grad():
-            for key, names in stages.items():
+            for step, (key, names) in enumerate(stages.items()):
+                t0 = time.perf_counter()
                 lin = [n for n in names if not isinstance(targets[n][0], nn.Embedding)]
                 block = _block(model, key) if calls.get(key) == 1 else None
                 if block is not None and (cache is None or cache[0] is not block):
@@ -86,6 +89,8 @@ def sequential_gptq(model: nn.Module, targets: Targets, data: list[dict], scheme
                     out[name] = _quantize(module, name, others, h.get(name), scheme, (fisher or {}).get(name))
                 if block is not None:  # the quantized block's outputs are the next block's inputs
                     cache = _advance(model, key, cache)
+                log.info("gptq %d/%d %s: %d tensors, %.1f s", step + 1, len(stages), key, len(names),
+                         time.perf_counter() - t0)  # fmt: skip
     finally:
         for name, (m, _) in targets.items():
             with torch.no_grad():

@@ -11,17 +11,18 @@ step="${1:-all}"
 # WikiText-2's local mirror has no train split: calibrating cells (gptq, kmeans_fisher) read its validation split
 CAL_W="task=wikitext2 task.train_split=validation"
 if [[ $step == all || $step == 1 ]]; then
-  # 1. SmolLM2 at 4 and 3 bits, per row and group 128 (its weights are de-quantized Q4_1, blocks of 32: a 4-bit grid
-  #    aligned with them is lossless, so group 128 and per row, not 32). Data-free cells first.
+  # 1. SmolLM2 at 4 and 3 bits, per row and per group of 192 (its weights are de-quantized Q4_1, blocks of 32: a 4-bit
+  #    grid aligned with them is lossless, so not 32; 128 does not divide its 576-wide rows, 192 does, and 1536).
+  #    Data-free cells first.
   $S task=ptb,wikitext2 scheme=none
   $S task=ptb,wikitext2 bits=3,4 scheme=linear_row,kmeans_row
-  $S task=ptb,wikitext2 bits=3,4 scheme=linear scheme.granularity=group scheme.group_size=128
-  $S task=ptb,wikitext2 bits=3,4 scheme=nf4 scheme.block_size=128
+  $S task=ptb,wikitext2 bits=3,4 scheme=linear scheme.granularity=group scheme.group_size=192
+  $S task=ptb,wikitext2 bits=3,4 scheme=nf4 scheme.block_size=192
   $S task=ptb bits=3,4 scheme=kmeans_fisher
   $S $CAL_W bits=3,4 scheme=kmeans_fisher
   for task in "task=ptb" "$CAL_W"; do
-    $S $task bits=3,4 scheme=gptq scheme.group_size=null,128
-    $S $task bits=3,4 scheme=gptq scheme.grid=kmeans
+    $S $task bits=3,4 scheme=gptq scheme.group_size=null,192
+    $S $task bits=3,4 scheme=gptq_kmeans
   done
 fi
 if [[ $step == all || $step == 2 ]]; then
