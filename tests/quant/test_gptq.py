@@ -21,6 +21,7 @@ from qbench.quant.checkpoint import PACKED_NAME, load_packed
 from qbench.quant.gptq import KMeansGrid, LinearGrid, gptq_quantize, output_errors, rtn
 from qbench.quant.gptq_scheme import GPTQ
 from qbench.quant.kmeans import KMeans
+from qbench.quant.linear import Linear
 from qbench.quant.schemes import Calibration
 from qbench.quant.wiring import quantize_model, select
 from tests.tiny import tiny_bart, tiny_bert, tiny_gpt2
@@ -222,3 +223,22 @@ def test_ptq_cell_from_the_config_exports_and_reloads(tmp_path, data_dir, grid, 
         mod = model.get_submodule(name.rsplit(".", 1)[0])
         assert torch.equal(exported[name], mod.weight), name
         assert type(mod.parametrizations.weight[0]).__module__.endswith(codec.split(":")[0])
+
+
+@pytest.mark.parametrize("grid", ["linear", "kmeans"])
+def test_with_identity_hessian_the_packed_state_is_the_grids_own(grid):
+    # same codes and side tensors as scheme=linear (group) / kmeans_row on the same weight: the same packed bytes
+    w, _, _ = layer(rows=5, cols=32)
+    scheme = GPTQ(bits=3, grid=grid, group_size=8 if grid == "linear" else None)
+    res = gptq_quantize(w, torch.eye(32), scheme.make_grid(w), dtype=torch.float32)
+    mine = scheme.parametrization(w, False, name="w", stats={"gptq": res})
+    if grid == "linear":
+        theirs = Linear(bits=3, granularity="group", group_size=8).parametrization(w, False)
+    else:
+        theirs = KMeans(bits=3, granularity="row").parametrization(w, False)
+    a, b = mine.packed_state(w), theirs.packed_state(w)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].reshape(b[k].shape).to(b[k].dtype), b[k]), k
+    assert torch.equal(mine(w), theirs(w)) and mine.bits == theirs.bits == 3
+    assert tuple(mine.code_layout(w)) == tuple(theirs.code_layout(w))  # the diagnostics read codes alike
