@@ -7,6 +7,8 @@ dropout). Per quantized tensor, under its first parameter name (qbench.quant.wir
   diagonal of the empirical Fisher, as Fisher-weighted quantizers use it;
 - "inputs": (tokens, in_features) the inputs of the Linear/Conv1D layer owning the weight, every position of every
   batch (padding included); embeddings have none.
+- "hessian": scheme=gptq's pass over the same batches (qbench.gptq_pass), after "grad_sq" when both are asked:
+  {"gptq": GPTQResult, "tokens": positions} per tensor.
 The model's weights, gradients and training mode are left as they were.
 """
 
@@ -20,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.pytorch_utils import Conv1D
 
+from qbench.gptq_pass import sequential_gptq
 from qbench.quant.schemes import Calibration
 from qbench.quant.wiring import select
 
@@ -27,11 +30,20 @@ LABELS = ("label", "labels", "label_ids")  # label columns a collator passes on 
 
 
 def calibrate(model: nn.Module, wanted: Calibration, ds, collator, batch_size: int, include: list[str],
-              exclude: list[str]) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+              exclude: list[str], scheme=None) -> dict[str, dict]:  # fmt: skip
     """The statistics `wanted` of the tensors quantize_model will quantize (include/exclude), over the first
-    `wanted.batches` batches of the training split `ds`."""
+    `wanted.batches` batches of the training split `ds`; `scheme`: the scheme asking (the "hessian" pass needs it)."""
     targets = select(model, list(include), list(exclude))
-    return collect(model, targets, batches(model, ds, collator, batch_size, wanted.batches), wanted)
+    if scheme is not None and scheme.only is not None:  # scheme.only: the pass quantizes what quantize_model will
+        targets = {name: t for name, t in targets.items() if scheme.quantizes(name, t[1])}
+    data = batches(model, ds, collator, batch_size, wanted.batches)
+    rest = tuple(s for s in wanted.stats if s != "hessian")
+    out = collect(model, targets, data, Calibration(rest, wanted.batches)) if rest else {name: {} for name in targets}
+    if "hessian" in wanted.stats:
+        fisher = {name: s["grad_sq"] for name, s in out.items() if "grad_sq" in s}
+        for name, s in sequential_gptq(model, targets, data, scheme, fisher).items():
+            out[name] |= s
+    return out
 
 
 def batches(model: nn.Module, ds, collator, batch_size: int, n: int) -> list[dict[str, torch.Tensor]]:

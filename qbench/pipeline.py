@@ -21,6 +21,7 @@ from qbench.diagnose import homogeneity, module_ranges, section, with_init
 from qbench.distill import DistillTrainer
 from qbench.distributed import barrier, is_main
 from qbench.fp_cache import finetuned_fp, is_cached
+from qbench.gptq_pass import calibration_cost, gptq_summary
 from qbench.models import weight_sharing
 from qbench.quant.checkpoint import PACKED_NAME
 from qbench.quant.wiring import quantize_model
@@ -107,13 +108,15 @@ class Stages:
 
     def quantize(self, model) -> dict:
         """Calibrate (data-aware schemes only), then quantize model in place; returns the record's scheme section."""
-        c, stats = self.cell, None
+        c, stats, cost = self.cell, None, None
         if c.calibration:  # what a data-aware scheme measures first, on the model about to be quantized
-            with self.timer("calibrate"):
+            with self.timer("calibrate"), calibration_cost() as cost:
                 stats = calibrate(model, c.calibration, self.train_ds, self.kind.collator(self.tok), c.train.batch_size,
-                                  c.model.include, c.model.exclude)  # fmt: skip
+                                  c.model.include, c.model.exclude, c.scheme)  # fmt: skip
         with self.timer("quantize"):
             quant = quantize_model(model, c.scheme, c.model.include, c.model.exclude, stats).summary()
+        if "hessian" in getattr(c.calibration, "stats", ()):  # GPTQ: its cost and per-layer output errors
+            quant["gptq"] = {**cost, **gptq_summary(stats)}
         return {**quant, "weight_sharing": weight_sharing(model)}
 
     def quantization_aware(self, model) -> dict:

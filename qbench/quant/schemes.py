@@ -11,7 +11,9 @@ fine-tune otherwise), over the first `batches` batches of the task's training sp
 collator (qbench.calibrate). Then `parametrization(weight, transposed, name=..., stats=...)` is called per tensor
 with its parameter name and `stats`, {statistic: tensor} of that tensor:
 - "grad_sq": like `weight`: the mean over the batches of the squared gradient of the task loss (diagonal Fisher);
-- "inputs": (positions, in_features): the inputs of the Linear/Conv1D layer owning the weight (none for embeddings).
+- "inputs": (positions, in_features): the inputs of the Linear/Conv1D layer owning the weight (none for embeddings);
+- "hessian": scheme=gptq's sequential pass (qbench.gptq_pass; its Hessians are measured while earlier layers are
+  already quantized, so it is the quantization itself): {"gptq": that tensor's GPTQResult, "tokens": positions}.
 A data-free scheme returns None from `calibration()` and receives stats=None. So a data-aware scheme is one file
 (the dataclass and its parametrization), one yaml in conf/scheme/ and one test.
 
@@ -37,7 +39,7 @@ from torch import nn
 
 from qbench.errors import QbenchError
 
-STATS = ("grad_sq", "inputs")  # the statistics a scheme can ask for (see the module docstring)
+STATS = ("grad_sq", "inputs", "hessian")  # the statistics a scheme can ask for (see the module docstring)
 
 
 @dataclass(frozen=True)

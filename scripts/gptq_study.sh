@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 25's study (conf/experiment/gptq_{smollm2,minilm}.yaml): GPTQ's error feedback on linear and k-means grids
+# against round-to-nearest, k-means, Fisher k-means and NF4. Every step resumes: completed cells are skipped. Run it
+# from a frozen copy of the code (git worktree) with QBENCH_DATA_DIR set; records land in results/sweeps/gptq.
+#   bash scripts/gptq_study.sh [all|1|2|3]
+set -euo pipefail
+Q="${QBENCH:-.venv/bin/python -m qbench.cli} run"
+S="$Q +experiment=gptq_smollm2 --multirun"
+M="$Q +experiment=gptq_minilm"
+step="${1:-all}"
+# WikiText-2's local mirror has no train split: calibrating cells (gptq, kmeans_fisher) read its validation split
+CAL_W="task=wikitext2 task.train_split=validation"
+if [[ $step == all || $step == 1 ]]; then
+  # 1. SmolLM2 at 4 and 3 bits, per row and per group of 192 (its weights are de-quantized Q4_1, blocks of 32: a 4-bit
+  #    grid aligned with them is lossless, so not 32; 128 does not divide its 576-wide rows, 192 does, and 1536).
+  #    Data-free cells first.
+  $S task=ptb,wikitext2 scheme=none
+  $S task=ptb,wikitext2 bits=3,4 scheme=linear_row,kmeans_row
+  $S task=ptb,wikitext2 bits=3,4 scheme=linear scheme.granularity=group scheme.group_size=192
+  $S task=ptb,wikitext2 bits=3,4 scheme=nf4 scheme.block_size=192
+  $S task=ptb bits=3,4 scheme=kmeans_fisher
+  $S $CAL_W bits=3,4 scheme=kmeans_fisher
+  for task in "task=ptb" "$CAL_W"; do
+    $S $task bits=3,4 scheme=gptq scheme.group_size=null,192
+    $S $task bits=3,4 scheme=gptq_kmeans
+  done
+fi
+if [[ $step == all || $step == 2 ]]; then
+  # 2. MiniLM PTQ of the FP fine-tune, SST-2 and MRPC, 2-4 bits, seed 42
+  $M
+fi
+if [[ $step == all || $step == 3 ]]; then
+  # 3. seeds 1 and 2 at 2 bits (their FP fine-tunes are trained first when not cached)
+  $M bits=2 seed=1,2
+fi
