@@ -88,10 +88,10 @@ class KMeansGrid:
 
     @classmethod
     def fit(cls, w: torch.Tensor, bits: int, weights: torch.Tensor | None = None, init: str = "linear",
-            max_iter: int = 100, seed: int = 0) -> KMeansGrid:  # fmt: skip
+            max_iter: int = 100, seed: int = 0, search: str = "lloyd") -> KMeansGrid:  # fmt: skip
         """Per-row k-means codebooks of w (rows, cols) (float32, as the kmeans_row scheme clusters), optionally with
         sample weights (rows, cols)."""
-        res = kmeans_1d_rows(w.float(), 2**bits, init, max_iter, seed=seed, weights=weights)
+        res = kmeans_1d_rows(w.float(), 2**bits, init, max_iter, seed=seed, weights=weights, search=search)
         return cls(res.centroids)
 
     def group(self, col: int) -> int:

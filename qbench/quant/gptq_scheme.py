@@ -25,7 +25,7 @@ from torch import nn
 from qbench.errors import QbenchError
 from qbench.quant.gptq import GPTQResult, KMeansGrid, LinearGrid
 from qbench.quant.kmeans import GroupedCodebook
-from qbench.quant.kmeans1d import INITS
+from qbench.quant.kmeans1d import INITS, SEARCHES
 from qbench.quant.linear import LinearFakeQuant
 from qbench.quant.schemes import Calibration, Scheme, as_2d
 
@@ -47,7 +47,8 @@ class GPTQ(Scheme):
     act_order: bool = False  # columns by decreasing H[i, i]
     calib_batches: int = 32  # training batches of train.batch_size the Hessians (and Fisher) average over
     weighting: str = "none"  # grid=kmeans: none | fisher (squared task-loss gradients as the codebook's weights)
-    init: str = "linear"  # grid=kmeans: kmeans_1d_rows' initialisation
+    init: str = "linear"  # grid=kmeans, search=lloyd: kmeans_1d_rows' initialisation
+    search: str = "global"  # grid=kmeans: kmeans_1d_rows' solver, as kmeans_row (global: near-optimal per row)
     max_iter: int = 100
     seed: int = 0
 
@@ -71,6 +72,8 @@ class GPTQ(Scheme):
             raise QbenchError("scheme.weighting=fisher weights k-means codebooks: it needs grid=kmeans")
         if self.init not in INITS:
             raise QbenchError(f"scheme.init={self.init!r}; valid: {', '.join(INITS)}")
+        if self.search not in SEARCHES:
+            raise QbenchError(f"scheme.search={self.search!r}; valid: {', '.join(SEARCHES)}")
         if self.act_bits is not None:
             raise QbenchError("scheme=gptq quantizes weights only: act_bits must be null")
 
@@ -82,7 +85,7 @@ class GPTQ(Scheme):
         """A fresh grid for w2d (rows, cols); k-means codebooks are fitted here (fisher (rows, cols): weights)."""
         rows, cols = w2d.shape
         if self.grid == "kmeans":
-            return KMeansGrid.fit(w2d, self.bits, fisher, self.init, self.max_iter, self.seed)
+            return KMeansGrid.fit(w2d, self.bits, fisher, self.init, self.max_iter, self.seed, self.search)
         if self.group_size is not None and cols % self.group_size:
             raise QbenchError(f"scheme.group_size={self.group_size} does not divide a row of length {cols}; choose a "
                               "divisor or group_size=null (per row)")  # fmt: skip
@@ -91,7 +94,7 @@ class GPTQ(Scheme):
     def describe(self) -> dict:
         d = super().describe()
         if self.grid == "linear":
-            del d["weighting"], d["init"], d["max_iter"], d["seed"]
+            del d["weighting"], d["init"], d["search"], d["max_iter"], d["seed"]
         else:
             del d["symmetric"], d["group_size"]
         return d

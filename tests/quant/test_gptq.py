@@ -107,9 +107,10 @@ def test_identity_hessian_is_round_to_nearest(group_size, symmetric):
 def test_identity_hessian_kmeans_is_the_row_codebook():
     # the kmeans_row scheme's codebooks and labels: GPTQ with H = I reproduces them
     w, _, _ = layer(rows=5, cols=32)
-    book = KMeans(bits=2, granularity="row").parametrization(w, False)
-    got = gptq_quantize(w, torch.eye(32), KMeansGrid.fit(w, 2))
-    assert torch.equal(got.q.float(), book(w))
+    for search in ("lloyd", "global"):
+        book = KMeans(bits=2, granularity="row", search=search).parametrization(w, False)
+        got = gptq_quantize(w, torch.eye(32), KMeansGrid.fit(w, 2, search=search))
+        assert torch.equal(got.q.float(), book(w)), search
 
 
 def test_output_error_is_the_error_on_the_calibration_inputs():
@@ -235,7 +236,7 @@ def test_with_identity_hessian_the_packed_state_is_the_grids_own(grid):
     if grid == "linear":
         theirs = Linear(bits=3, granularity="group", group_size=8).parametrization(w, False)
     else:
-        theirs = KMeans(bits=3, granularity="row").parametrization(w, False)
+        theirs = KMeans(bits=3, granularity="row", search="global").parametrization(w, False)  # as kmeans_row.yaml
     a, b = mine.packed_state(w), theirs.packed_state(w)
     assert a.keys() == b.keys()
     for k in a:
