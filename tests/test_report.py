@@ -214,6 +214,19 @@ def test_fisher_weighted_kmeans_has_its_own_label():
     assert scheme_label(mixed) == "kmeans/row/mixed"  # its own column next to uniform 3-bit
 
 
+def test_gptq_grids_have_their_own_labels():
+    from qbench.report import scheme_label
+
+    def gptq(**kw):
+        return {"scheme": {"name": "gptq", "bits": 3, "grid": "linear", "group_size": None, "wea": "3-3-32", **kw}}
+
+    assert scheme_label(gptq()) == "gptq"  # per row
+    assert scheme_label(gptq(group_size=192)) == "gptq/group"
+    assert scheme_label(gptq(grid="kmeans")) == "gptq/kmeans"
+    linear = {"scheme": {"name": "linear", "bits": 3, "granularity": "tensor", "group_size": 128, "wea": "3-3-32"}}
+    assert scheme_label(linear) == "linear"  # paper A's label is untouched
+
+
 def test_diverged_perplexities_print_in_scientific_notation():
     from qbench.report import cell
 
