@@ -184,8 +184,8 @@ def split_labels(df: pd.DataFrame, keys: list[str]) -> tuple[pd.Series, list[str
 
 
 def scheme_label(r: dict) -> str:
-    """'mds', 'linear/row' (granularity other than per tensor), 'gptq/group' and 'gptq/kmeans' (GPTQ's grid),
-    'kmeans/row/fisher' (Fisher-weighted), '.../mixed'
+    """'mds', 'linear/row' (granularity other than per tensor), 'gptq/group', 'gptq/kmeans', '.../act' (GPTQ's
+    grid, act-order), 'kmeans/row/fisher' (Fisher-weighted), '.../mixed'
     (per-tensor bits, scheme.bits_by; which ones: the config, shown when two differ in one cell), or with
     distillation and non-default W-E-A bits 'mds+kd_tcd 2-2-8' (paper B's weight-embedding-act)."""
     s, label = r["scheme"], r["scheme"]["name"]
@@ -195,6 +195,8 @@ def scheme_label(r: dict) -> str:
         label += "/kmeans"
     elif s.get("grid") == "linear" and s.get("group_size"):  # GPTQ's linear grid per group: 'gptq/group'
         label += "/group"
+    if s.get("act_order"):  # GPTQ's columns by decreasing Hessian diagonal: 'gptq/group/act'
+        label += "/act"
     if s.get("weighting") not in (None, "none"):  # k-means' sample weights: 'kmeans/row/fisher'
         label += f"/{s['weighting']}"
     if s.get("bits_by"):  # per-tensor bits (qbench allocate): 'kmeans/row/mixed 3b', 3 = the nominal average

@@ -223,6 +223,7 @@ def test_gptq_grids_have_their_own_labels():
     assert scheme_label(gptq()) == "gptq"  # per row
     assert scheme_label(gptq(group_size=192)) == "gptq/group"
     assert scheme_label(gptq(grid="kmeans")) == "gptq/kmeans"
+    assert scheme_label(gptq(group_size=192, act_order=True)) == "gptq/group/act"
     linear = {"scheme": {"name": "linear", "bits": 3, "granularity": "tensor", "group_size": 128, "wea": "3-3-32"}}
     assert scheme_label(linear) == "linear"  # paper A's label is untouched
 
