@@ -11,7 +11,6 @@ unless it is listed below. Local data are identified by their content (`data_ide
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import importlib
 import json
@@ -21,6 +20,7 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
+from qbench import integrity
 from qbench.config import task_overrides
 from qbench.data import split_file
 from qbench.errors import QbenchError
@@ -148,19 +148,9 @@ def cell_id(cfg: DictConfig | dict) -> str:
     return f"{cfg['model']['name']}-{cfg['task']['name']}-{scheme}{bits}-s{cfg['seed']}-{digest(identity(cfg), 8)}"
 
 
-@functools.lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def file_fingerprint(path: Path) -> dict:
     """{file, bytes, sha256}: the same for a copy of the file at any path, different for any other content."""
-    st = path.stat()
-    return {"file": path.name, "bytes": st.st_size, "sha256": _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)}
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": integrity.sha256(path)[:16]}
 
 
 def data_identity(cfg: DictConfig | dict) -> dict | None:
