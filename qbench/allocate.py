@@ -256,7 +256,8 @@ def write_allocation(path: Path, study: Study, allocation: Allocation, budget: f
             "sensitivity group", "#"]  # fmt: skip
     head += [f"# {line}" for line in report(study, allocation, budget).splitlines()]
     head += ["#", "# run the mixed-precision cell:", f"#   {command}"]
-    body = yaml.safe_dump({"scheme": {"bits_by": bits_by(study.groups, allocation)}}, sort_keys=False)
+    body = yaml.safe_dump({"scheme": {"bits_by": bits_by(study.groups, allocation)},
+                           "allocation": {"budget": budget, "unit": allocation.unit}}, sort_keys=False)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(head) + "\n" + body)
 
@@ -276,7 +277,8 @@ def allocate_command(argv: list[str]) -> None:
     allocation = solve(study.groups, a.budget, a.budget_unit)
     nominal = min(8, max(1, math.floor(a.budget)))  # the cell id's -b<bits>; every weight takes bits_by's bits
     mixed = override(bits_by(study.groups, allocation))
-    args = [*study.run_args, f"train.order={study.order}", f"bits={nominal}", mixed]
+    note = f"allocation={{budget:{a.budget},unit:{allocation.unit}}}"  # the record says which budget this met
+    args = [*study.run_args, f"train.order={study.order}", f"bits={nominal}", mixed, note]
     command = " ".join(["qbench run", *map(shlex.quote, args)])
     print(report(study, allocation, a.budget))
     if a.out:

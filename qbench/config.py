@@ -193,6 +193,14 @@ class TaskSchema:
 
 
 @dataclass
+class AllocationNote:
+    """`allocation`: the budget that `qbench allocate` met with a mixed cell's scheme.bits_by (not in the cell id)."""
+
+    budget: float = key(MISSING, "a positive number", lambda v: v > 0)
+    unit: str = choice("effective", "code")
+
+
+@dataclass
 class Config:
     """conf/config.yaml: the composed config of one run."""
 
@@ -213,6 +221,7 @@ class Config:
     study: str = key(MISSING, "a non-empty string", bool)
     cache_dir: str | None = key(None)
     also_eval: dict[str, TaskSchema] = key(factory=dict)  # other tasks of the same kind scored by the final model
+    allocation: AllocationNote | None = key(None)  # how scheme.bits_by was chosen (qbench allocate): bookkeeping
 
 
 def task_overrides(d: Mapping) -> dict:

@@ -35,6 +35,8 @@ EXCLUDED = {
     "save_predictions": "whether predictions.jsonl is written",
     "export": "whether the packed checkpoint file is written (its size is computed either way)",
     "cache_dir": "where fine-tuned FP models are kept",
+    "allocation": "the budget and its unit that `qbench allocate` met with a mixed cell's scheme.bits_by (which it "
+    "already holds): a note in the record",
     "device": "the hardware, not the method (auto resolves at run time; CPU and GPU results can differ in float "
     "rounding): the record's `device` says which ran",
     "data_dir": "a path on this machine: local data are identified by content instead (data_identity)",

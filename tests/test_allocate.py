@@ -5,6 +5,7 @@ import functools
 import itertools
 import json
 import random
+import shlex
 
 import pytest
 
@@ -174,3 +175,22 @@ def test_command_says_the_unit(tmp_path, capsys):
     assert "--budget-unit effective" in (tmp_path / "a.yaml").read_text()
     main(["allocate", str(SST2), "--budget", "3.0", "--budget-unit", "code"])
     assert "budget 3.0 code bits per weight (code bits only)" in capsys.readouterr().out
+
+
+def test_the_mixed_cell_records_its_budget_without_changing_its_id(capsys):
+    """The printed command notes the budget and its unit (`allocation=`): it composes, validates, lands in the
+    record's config, and leaves the cell id as without it (records of mixed cells run before the note stay valid)."""
+    from hydra import compose, initialize_config_module
+
+    from qbench.config import check_config
+    from qbench.sweep import cell_id
+
+    main(["allocate", str(SST2), "--budget", "3.0", "--budget-unit", "code"])
+    args = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])[2:]  # after "qbench run"
+    assert args[-1] == "allocation={budget:3.0,unit:code}"
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        noted, bare = compose("config", overrides=args), compose("config", overrides=args[:-1])
+    assert check_config(noted)["allocation"] == {"budget": 3.0, "unit": "code"}
+    assert bare.allocation is None and cell_id(noted) == cell_id(bare)
+    with initialize_config_module("qbench.conf", version_base="1.3"), pytest.raises(QbenchError, match="unit"):
+        check_config(compose("config", overrides=[*args[:-1], "allocation={budget:3.0,unit:bytes}"]))
