@@ -13,16 +13,20 @@ CAL_W="task=wikitext2 task.train_split=validation"
 if [[ $step == all || $step == 1 ]]; then
   # 1. SmolLM2 at 4 and 3 bits, per row and per group of 192 (its weights are de-quantized Q4_1, blocks of 32: a 4-bit
   #    grid aligned with them is lossless, so not 32; 128 does not divide its 576-wide rows, 192 does, and 1536).
-  #    Data-free cells first.
+  #    GPTQ cells with act-order (columns by decreasing Hessian diagonal) and 32 calibration batches (32,768
+  #    tokens). Data-free cells first; 3 bits on PTB, then WikiText-2, then 4 bits. The embedding / LM head stays FP
+  #    (conf/experiment/gptq_smollm2.yaml).
   $S task=ptb,wikitext2 scheme=none
-  $S task=ptb,wikitext2 bits=3,4 scheme=linear_row,kmeans_row
-  $S task=ptb,wikitext2 bits=3,4 scheme=linear scheme.granularity=group scheme.group_size=192
-  $S task=ptb,wikitext2 bits=3,4 scheme=nf4 scheme.block_size=192
-  $S task=ptb bits=3,4 scheme=kmeans_fisher
-  $S $CAL_W bits=3,4 scheme=kmeans_fisher
-  for task in "task=ptb" "$CAL_W"; do
-    $S $task bits=3,4 scheme=gptq scheme.group_size=null,192
-    $S $task bits=3,4 scheme=gptq_kmeans
+  for bits in 3 4; do
+    for task in ptb wikitext2; do
+      cal="task=$task"; [[ $task == wikitext2 ]] && cal=$CAL_W
+      $S task=$task bits=$bits scheme=linear_row,kmeans_row
+      $S task=$task bits=$bits scheme=linear scheme.granularity=group scheme.group_size=192
+      $S task=$task bits=$bits scheme=nf4 scheme.block_size=192
+      $S $cal bits=$bits scheme=kmeans_fisher
+      $S $cal bits=$bits scheme=gptq,gptq_kmeans scheme.act_order=true
+      $S $cal bits=$bits scheme=gptq scheme.group_size=192 scheme.act_order=true
+    done
   done
 fi
 if [[ $step == all || $step == 2 ]]; then
