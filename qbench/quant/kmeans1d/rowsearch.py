@@ -29,6 +29,8 @@ import math
 import numpy as np
 import torch
 
+from qbench.quant.kmeans1d import fast
+
 _HALF = 4  # candidates per boundary in a joint search on single points: 2 * _HALF + 1
 _HALF_COARSE = 4  # the same on coarser grids (steps of several points)
 _SEARCHES = 24  # most joint searches per row (rows whose boundaries stop moving on the one-point grid leave early)
@@ -149,13 +151,26 @@ def _search(xs: np.ndarray, s0, s1, k: int, b0: np.ndarray | None) -> np.ndarray
     """The best of the searches from each start (or from b0) per row."""
     best, fit = None, None
     for b in [b0.copy()] if b0 is not None else _starts(xs, s0, k):
-        b, f = _descend(s0, s1, b, xs.shape[1])
+        b, f = _descend_any(s0, s1, b, xs.shape[1])
         if best is None:
             best, fit = b, f
         else:
             win = f > fit
             best[win], fit[win] = b[win], f[win]
     return best
+
+
+def _descend_any(s0, s1, b: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """_descend, in numba's compiled loops when fast.enabled() (the same boundaries and fits bit for bit; the
+    kernel takes one window half-width, so it needs _HALF == _HALF_COARSE), else the NumPy reference below."""
+    if not (fast.enabled() and _HALF == _HALF_COARSE and b.shape[1] >= 3):
+        return _descend(s0, s1, b, m)
+    b = np.ascontiguousarray(b, dtype=np.int64)
+    unit = s0 is None
+    s0c = np.zeros((1, 1)) if unit else np.ascontiguousarray(s0, dtype=np.float64)
+    fit = fast.descend_rows(s0c, np.ascontiguousarray(s1, dtype=np.float64), unit, b, m, _HALF, _SEARCHES, _SHRINK,
+                            _HALF_COARSE)  # fmt: skip
+    return b, fit
 
 
 def _descend(s0, s1, b: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
