@@ -1,0 +1,121 @@
+"""The `fast` extra (qbench/quant/kmeans1d/fast.py, numba) against the NumPy reference: kmeans_1d_rows(search="global")
+gives the same centroids, labels and SSE bit for bit with and without it, and QBENCH_NUMBA=0 turns it off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qbench.quant.kmeans1d import fast, kmeans_1d_rows, rowsearch
+
+pytest.importorskip("numba")
+
+
+def _both(monkeypatch, x: torch.Tensor, k: int, w: torch.Tensor | None = None):
+    """(numba result, NumPy result) of kmeans_1d_rows(x, k, search="global", weights=w)."""
+    monkeypatch.setenv("QBENCH_NUMBA", "1")
+    assert fast.enabled()
+    a = kmeans_1d_rows(x, k, search="global", weights=w)
+    monkeypatch.setenv("QBENCH_NUMBA", "0")
+    assert not fast.enabled()
+    b = kmeans_1d_rows(x, k, search="global", weights=w)
+    return a, b
+
+
+def _assert_same(a, b) -> None:
+    assert torch.equal(a.centroids, b.centroids)
+    assert torch.equal(a.labels, b.labels)
+    assert a.sse == b.sse
+
+
+def _hand_made(m: int = 64) -> torch.Tensor:
+    """(8, m) rows: Gaussian, one far outlier each side, many ties (3 distinct values), all equal, two distinct
+    values, a constant row with one outlier, a sorted ramp, heavy (Laplace) tails."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, m, generator=g)
+    x[1, 3], x[1, 7] = 40.0, -25.0
+    x[2] = torch.randint(0, 3, (m,), generator=g).float() * 0.5
+    x[3] = 0.25
+    x[4] = torch.where(torch.rand(m, generator=g) < 0.3, 1.0, -1.0)
+    x[5] = 0.0
+    x[5, 11] = 3.0
+    x[6] = torch.linspace(-1, 1, m)
+    x[7] = torch.log(torch.rand(m, generator=g).clamp_min(1e-7)) * torch.sign(torch.randn(m, generator=g))
+    return x
+
+
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_hand_made_rows(monkeypatch, k):
+    """Outliers, ties, rows with fewer distinct values than k, all-equal rows: same result on both paths."""
+    _assert_same(*_both(monkeypatch, _hand_made(), k))
+
+
+@pytest.mark.parametrize("k", [4, 16])
+def test_weighted_rows(monkeypatch, k):
+    """Fisher-like weights (squared Gaussians at per-column scales), zero weights, an all-zero weight row."""
+    x = _hand_made()
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(8, 64, generator=g, dtype=torch.float64) * torch.exp(torch.randn(1, 64, generator=g))) ** 2
+    w[0, :10] = 0.0
+    w[3] = 0.0
+    _assert_same(*_both(monkeypatch, x, k, w))
+
+
+@pytest.mark.parametrize("k", [4, 8, 16])
+def test_random_matrices(monkeypatch, k):
+    """Random matrices (Gaussian rows at different scales, some rounded to few levels like de-quantized weights)."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(48, 200, generator=g) * torch.exp(torch.randn(48, 1, generator=g))
+    x[::3] = torch.round(x[::3] * 4) / 4
+    _assert_same(*_both(monkeypatch, x, k))
+
+
+def test_descend_kernel_equals_numpy(monkeypatch):
+    """The kernel's boundaries and fits equal rowsearch._descend's bit for bit (unweighted and weighted, k = 2..32,
+    rows shorter than k included)."""
+    monkeypatch.setenv("QBENCH_NUMBA", "1")
+    rng = np.random.default_rng(0)
+    for trial, (m, k) in enumerate([(40, 2), (100, 3), (200, 8), (150, 16), (300, 32), (12, 16)]):
+        x = (rng.standard_normal((20, m)) * np.exp(rng.standard_normal((20, 1)))).astype(np.float32)
+        xs = np.sort(x, 1)
+        zero = np.zeros((20, 1))
+        s0 = None
+        if trial % 2:
+            w = rng.random((20, m)) ** 3
+            s0 = np.concatenate([zero, np.cumsum(w, 1)], 1)
+            s1 = np.concatenate([zero, np.cumsum(w * xs, 1)], 1)
+        else:
+            s1 = np.concatenate([zero, np.cumsum(xs.astype(np.float64), 1)], 1)
+        b = rowsearch._starts(xs, s0, k)[0]
+        b_ref, f_ref = rowsearch._descend(s0, s1, b.copy(), m)
+        b_fast, f_fast = rowsearch._descend_any(s0, s1, b.copy(), m)
+        np.testing.assert_array_equal(b_fast, b_ref)
+        np.testing.assert_array_equal(f_fast, f_ref)
+
+
+def test_pairwise_sum_matches_numpy():
+    """fast._pairwise adds as ndarray.sum does (pairwise blocks of 8 accumulators, halves above 128 values)."""
+    rng = np.random.default_rng(0)
+    for n in [1, 5, 8, 9, 17, 127, 128, 129, 300, 1000, 4099]:
+        a = rng.standard_normal(n) * np.exp(5 * rng.standard_normal(n))
+        assert 0.0 + fast._pairwise(a, 0, n) == a[None].sum(1)[0]
+
+
+def test_env_switch(monkeypatch):
+    """QBENCH_NUMBA=0 keeps the NumPy path (the kernel is not called); any other value or none uses numba."""
+    calls = []
+    real = fast.descend_rows
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(fast, "descend_rows", spy)
+    x = _hand_made()
+    monkeypatch.setenv("QBENCH_NUMBA", "0")
+    kmeans_1d_rows(x, 4, search="global")
+    assert not calls
+    monkeypatch.delenv("QBENCH_NUMBA")
+    kmeans_1d_rows(x, 4, search="global")
+    assert calls
