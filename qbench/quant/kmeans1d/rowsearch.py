@@ -64,7 +64,11 @@ def _respace(xs: np.ndarray, s0, b: np.ndarray) -> np.ndarray:
     w = np.diff(_at(s0, b), axis=1)  # (G, k)
     lo = np.take_along_axis(xs, np.minimum(b[:, :-1], m - 1), 1)
     hi = np.take_along_axis(xs, np.maximum(b[:, 1:] - 1, 0), 1)
-    u = np.cbrt(np.where((b[:, 1:] > b[:, :-1]) & (w > 0), w * (hi - lo) ** 2, 0.0))
+    with np.errstate(over="ignore"):
+        d2 = (hi - lo) ** 2  # float32 (G, k)
+    big = ~np.isfinite(d2)  # |x| beyond ~1.8e19: float32 overflows (inf starts broke the cuts), float64 instead
+    wd2 = w * d2 if not big.any() else np.where(big, w * (hi.astype(np.float64) - lo) ** 2, w * d2)
+    u = np.cbrt(np.where((b[:, 1:] > b[:, :-1]) & (w > 0), wd2, 0.0))
     cum = np.concatenate([np.zeros((g, 1)), np.cumsum(u, 1)], 1)  # (G, k+1)
     t = np.arange(1, k) / k * cum[:, -1:]  # (G, k-1) cuts of the cumulative share
     i = np.clip((cum[:, None, :] <= t[:, :, None]).sum(-1) - 1, 0, k - 1)  # the run holding each cut
