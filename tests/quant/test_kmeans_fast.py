@@ -1,5 +1,7 @@
 """The `fast` extra (qbench/quant/kmeans1d/fast.py, numba) against the NumPy reference: kmeans_1d_rows(search="global")
-gives the same centroids, labels and SSE bit for bit with and without it, and QBENCH_NUMBA=0 turns it off."""
+gives the same centroids, labels and SSE bit for bit with and without it (the whole per-row pipeline: prefix sums,
+starts, searches, Lloyd, split-merge moves, labels), each kernel equals its NumPy/torch step, and QBENCH_NUMBA=0
+turns it off."""
 
 from __future__ import annotations
 
@@ -7,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from qbench.quant.kmeans1d import fast, kmeans_1d_rows, rowsearch
+from qbench.quant.kmeans1d import fast, kmeans_1d_rows, rows, rowsearch
+from qbench.quant.kmeans1d.labels import _row_labels
 
 pytest.importorskip("numba")
 
 
-def _both(monkeypatch, x: torch.Tensor, k: int, w: torch.Tensor | None = None):
+def _both(monkeypatch, x: torch.Tensor, k: int, w: torch.Tensor | None = None, max_iter: int = 100):
     """(numba result, NumPy result) of kmeans_1d_rows(x, k, search="global", weights=w)."""
     monkeypatch.setenv("QBENCH_NUMBA", "1")
     assert fast.enabled()
-    a = kmeans_1d_rows(x, k, search="global", weights=w)
+    a = kmeans_1d_rows(x, k, max_iter=max_iter, search="global", weights=w)
     monkeypatch.setenv("QBENCH_NUMBA", "0")
     assert not fast.enabled()
-    b = kmeans_1d_rows(x, k, search="global", weights=w)
+    b = kmeans_1d_rows(x, k, max_iter=max_iter, search="global", weights=w)
     return a, b
 
 
@@ -45,20 +48,23 @@ def _hand_made(m: int = 64) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("k", [2, 4, 16])
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 16, 17, 40])
 def test_hand_made_rows(monkeypatch, k):
     """Outliers, ties, rows with fewer distinct values than k, all-equal rows: same result on both paths."""
     _assert_same(*_both(monkeypatch, _hand_made(), k))
 
 
-@pytest.mark.parametrize("k", [4, 16])
+@pytest.mark.parametrize("k", [3, 4, 16])
 def test_weighted_rows(monkeypatch, k):
-    """Fisher-like weights (squared Gaussians at per-column scales), zero weights, an all-zero weight row."""
+    """Fisher-like weights (squared Gaussians at per-column scales), zero weights (a run of them, most of a row), an
+    all-zero weight row, a constant-weight row."""
     x = _hand_made()
     g = torch.Generator().manual_seed(1)
     w = (torch.randn(8, 64, generator=g, dtype=torch.float64) * torch.exp(torch.randn(1, 64, generator=g))) ** 2
     w[0, :10] = 0.0
     w[3] = 0.0
+    w[6] = 2.5
+    w[7, 5:] = 0.0
     _assert_same(*_both(monkeypatch, x, k, w))
 
 
@@ -69,6 +75,52 @@ def test_random_matrices(monkeypatch, k):
     x = torch.randn(48, 200, generator=g) * torch.exp(torch.randn(48, 1, generator=g))
     x[::3] = torch.round(x[::3] * 4) / 4
     _assert_same(*_both(monkeypatch, x, k))
+
+
+def test_edge_shapes_and_values(monkeypatch):
+    """One or two values per row, fewer values than k, the iteration limit hit (max_iter 0..3), +-0.0 ties, values
+    whose float32 spread overflows when squared (the start's float64 fallback), k above the compare-pass labels."""
+    g = torch.Generator().manual_seed(2)
+    for shape, k in [((5, 1), 2), ((5, 1), 4), ((5, 2), 3), ((6, 12), 16)]:
+        _assert_same(*_both(monkeypatch, torch.randn(shape, generator=g), k))
+    x = torch.randn(6, 100, generator=g)
+    for it in range(4):
+        _assert_same(*_both(monkeypatch, x, 8, max_iter=it))
+    _assert_same(*_both(monkeypatch, torch.tensor([[0.0, -0.0, 1.0, -1.0] * 10] * 3), 3))
+    x = torch.randn(4, 50, generator=g)
+    x[0, 0], x[1, 0], x[1, 1], x[2, 3] = 3e19, -3e19, 3e19, 1e30
+    _assert_same(*_both(monkeypatch, x, 4))
+    _assert_same(*_both(monkeypatch, torch.randn(4, 300, generator=g), 64))
+
+
+def test_step_kernels_equal_reference():
+    """Prefix sums, density start, re-spaced start and labels: each kernel equals the NumPy/torch step it replaces."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((12, 97)) * np.exp(rng.standard_normal((12, 1)))).astype(np.float32)
+    x[3] = 0.5  # all equal
+    x[4, :90] = 0.0
+    x[4, :45] = -0.0  # +-0.0 ties
+    xs = np.sort(x, 1)
+    s1 = np.empty((12, 98))
+    fast.prefix_rows(xs, s1)
+    ref = torch.cat([torch.zeros(12, 1, dtype=torch.float64), torch.cumsum(torch.from_numpy(xs).double(), 1)], 1)
+    np.testing.assert_array_equal(s1, ref.numpy())
+    for k in [2, 3, 16, 40]:
+        c = np.empty((12, k))
+        fast.density_rows(xs, c)
+        np.testing.assert_array_equal(c, rows.init_centroids_rows(torch.from_numpy(xs), k, "density").numpy())
+        w = rng.random((12, 97)) ** 3
+        w[5, :50] = 0.0
+        s0 = np.concatenate([np.zeros((12, 1)), np.cumsum(w, 1)], 1)
+        for s0r, unit in [(None, True), (s0, False)]:
+            b = rowsearch._start_fast(xs, np.zeros((1, 1)) if unit else s0r, unit, k)
+            np.testing.assert_array_equal(b, rowsearch._starts(xs, s0r, k)[0])
+        c = np.sort(rng.standard_normal((12, k)) * 2, 1)
+        c[0, :2] = 0.0  # a midpoint exactly at 0.0 (+-0.0 in the data)
+        lab = np.empty(x.shape, np.int32)
+        fast.row_labels(x, c, lab)
+        mids = rows._ceil_f32((torch.from_numpy(c[:, 1:]) + torch.from_numpy(c[:, :-1])) * 0.5)
+        np.testing.assert_array_equal(lab, _row_labels(torch.from_numpy(x), mids).numpy())
 
 
 def test_descend_kernel_equals_numpy(monkeypatch):
@@ -105,13 +157,13 @@ def test_pairwise_sum_matches_numpy():
 def test_env_switch(monkeypatch):
     """QBENCH_NUMBA=0 keeps the NumPy path (the kernel is not called); any other value or none uses numba."""
     calls = []
-    real = fast.descend_rows
+    real = fast.global_rows
 
     def spy(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(fast, "descend_rows", spy)
+    monkeypatch.setattr(fast, "global_rows", spy)
     x = _hand_made()
     monkeypatch.setenv("QBENCH_NUMBA", "0")
     kmeans_1d_rows(x, 4, search="global")

@@ -171,6 +171,42 @@ def _row_viterbi(s0, s1, unit, r, b, stride, m, half, out, cand, w, v, best, nbe
 
 
 @_jit
+def _descend_row(s0, s1, unit, r, br, m, half, searches, shrink, coarse, tmp, stride, st, nb, cand, w, v, best, nbest,
+                 args):  # fmt: skip
+    """rowsearch._descend for row r: br (k+1,) updated in place, returns its fit (scratch as _row_viterbi's)."""
+    k1 = br.size
+    fit = _row_fit(s0, s1, unit, r, br, tmp)
+    for j in range(k1 - 2):
+        stride[j] = max(1, min(br[j + 1] - br[j], br[j + 2] - br[j + 1]) // coarse)
+    for _ in range(searches):
+        coarse_left = False
+        for j in range(k1 - 2):
+            st[j] = stride[j]
+            coarse_left = coarse_left or st[j] > 1
+        nfit = _row_viterbi(s0, s1, unit, r, br, st, m, half, nb, cand, w, v, best, nbest, args)
+        better = nfit > fit + (1e-12 * abs(fit) if math.isfinite(fit) else 0.0)  # above rounding noise
+        for j in range(k1 - 2):  # a boundary inside its window is searched next on a finer grid
+            inside = abs(nb[j + 1] - br[j + 1]) < half * st[j] or not better
+            stride[j] = max(1, st[j] // shrink) if inside else st[j]
+        if better:
+            for j in range(k1):
+                br[j] = nb[j]
+            fit = nfit
+        if not (better or coarse_left):  # no better move on the one-point grid
+            break
+    return fit
+
+
+@_jit
+def _scratch(k1, half):
+    """(tmp, stride, st, nb, cand, w, v, best, nbest, args): _descend_row's scratch for k + 1 = k1 boundaries."""
+    nc = 2 * half + 1
+    return (np.empty(k1 - 1), np.empty(k1 - 2, np.int64), np.empty(k1 - 2, np.int64), np.empty(k1, np.int64),
+            np.empty((k1 - 2, nc), np.int64), np.empty((k1 - 2, nc)), np.empty((k1 - 2, nc)), np.empty(nc),
+            np.empty(nc), np.empty((max(k1 - 3, 1), nc), np.int64))  # fmt: skip
+
+
+@_jit
 def descend_rows(s0, s1, unit, b, m, half, searches, shrink, coarse):
     """rowsearch._descend row by row (b (G, k+1) int64 updated in place; returns the fits (G,)): joint searches on
     grids that shrink to single points, each row until no joint move on single points lowers its SSE or `searches`
@@ -178,38 +214,313 @@ def descend_rows(s0, s1, unit, b, m, half, searches, shrink, coarse):
     the window half-width per batch (_HALF on single points, _HALF_COARSE otherwise); this one takes `half` for both,
     so rowsearch calls it only when the two are equal."""
     g, k1 = b.shape
-    nc = 2 * half + 1
     fits = np.empty(g)
-    tmp = np.empty(k1 - 1)
-    stride = np.empty(k1 - 2, np.int64)
-    st = np.empty(k1 - 2, np.int64)
-    nb = np.empty(k1, np.int64)
-    cand = np.empty((k1 - 2, nc), np.int64)
-    w = np.empty((k1 - 2, nc))
-    v = np.empty((k1 - 2, nc))
-    best = np.empty(nc)
-    nbest = np.empty(nc)
-    args = np.empty((max(k1 - 3, 1), nc), np.int64)
+    tmp, stride, st, nb, cand, w, v, best, nbest, args = _scratch(k1, half)
     for r in range(g):
-        br = b[r]
-        fit = _row_fit(s0, s1, unit, r, br, tmp)
-        for j in range(k1 - 2):
-            stride[j] = max(1, min(br[j + 1] - br[j], br[j + 2] - br[j + 1]) // coarse)
-        for _ in range(searches):
-            coarse_left = False
-            for j in range(k1 - 2):
-                st[j] = stride[j]
-                coarse_left = coarse_left or st[j] > 1
-            nfit = _row_viterbi(s0, s1, unit, r, br, st, m, half, nb, cand, w, v, best, nbest, args)
-            better = nfit > fit + (1e-12 * abs(fit) if math.isfinite(fit) else 0.0)  # above rounding noise
-            for j in range(k1 - 2):  # a boundary inside its window is searched next on a finer grid
-                inside = abs(nb[j + 1] - br[j + 1]) < half * st[j] or not better
-                stride[j] = max(1, st[j] // shrink) if inside else st[j]
-            if better:
-                for j in range(k1):
-                    br[j] = nb[j]
-                fit = nfit
-            if not (better or coarse_left):  # no better move on the one-point grid
-                break
-        fits[r] = fit
+        fits[r] = _descend_row(s0, s1, unit, r, b[r], m, half, searches, shrink, coarse, tmp, stride, st, nb, cand, w,
+                               v, best, nbest, args)  # fmt: skip
     return fits
+
+
+# --- the rest of kmeans_1d_rows(search="global") per row (rows.py's batched torch steps, one row at a time) ---
+
+
+@_jit
+def _ceil_f32(v):
+    """rows._ceil_f32 of one float64: the smallest float32 >= v."""
+    r = np.float32(v)
+    if np.float64(r) < v:
+        r = np.nextafter(r, np.float32(np.inf))
+    return r
+
+
+@_jit
+def _below(xs, r, lo, m, v):
+    """Number of values of the sorted row xs[r] strictly below the float32 v (torch.searchsorted, left), searched in
+    [lo, m] when xs[r, lo-1] < v (a hint, e.g. the previous midpoint's count), else in [0, m]."""
+    if lo > 0 and not xs[r, lo - 1] < v:
+        lo = 0
+    hi = m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if xs[r, mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@_jit
+def _bounds(xs, r, c, b):
+    """rows' bounds() of row r: b (k+1,) <- run starts of the centroids c (k,) float64 (nearest, ties right), from
+    the float32 ceilings of the midpoints."""
+    k, m = c.size, xs.shape[1]
+    b[0] = 0
+    lo = 0
+    for j in range(k - 1):
+        lo = _below(xs, r, lo, m, _ceil_f32((c[j + 1] + c[j]) * 0.5))  # midpoints ascend: search from the last
+        b[j + 1] = lo
+    b[k] = m
+
+
+@_jit
+def _means(s0, s1, unit, r, b, c, out):
+    """rows' means() of row r: out (k,) <- each run's (weighted) mean; runs of zero weight keep c's centroid."""
+    for j in range(c.size):
+        cnt = float(b[j + 1] - b[j]) if unit else s0[r, b[j + 1]] - s0[r, b[j]]
+        out[j] = (s1[r, b[j + 1]] - s1[r, b[j]]) / cnt if cnt > 0 else c[j]
+
+
+@_jit
+def _lloyd_row(xs, s0, s1, unit, r, c, iters, b, bn, mean):
+    """rows' lloyd() of row r: plain Lloyd steps on c (k,) (in place) to a fixed point or `iters` steps (then one
+    more update step). Scratch b, bn (k+1,) int64, mean (k,)."""
+    k = c.size
+    _bounds(xs, r, c, b)
+    for it in range(1, iters + 1):
+        _means(s0, s1, unit, r, b, c, mean)
+        _bounds(xs, r, mean, bn)
+        live = False
+        for j in range(k):
+            c[j] = mean[j]
+        for j in range(k + 1):
+            live = live or bn[j] != b[j]
+        if it == iters and live:
+            _means(s0, s1, unit, r, bn, c, mean)
+            for j in range(k):
+                c[j] = mean[j]
+        if not live:
+            break
+        for j in range(k + 1):
+            b[j] = bn[j]
+
+
+@_jit
+def _run_means(s0, s1, unit, r, b, c):
+    """rows._searched's last step for row r: c (k,) <- the means of the runs b when every run has weight, else kept."""
+    k = c.size
+    for j in range(k):
+        w = float(b[j + 1]) - float(b[j]) if unit else s0[r, b[j + 1]] - s0[r, b[j]]
+        if not w > 0:
+            return
+    for j in range(k):
+        w = float(b[j + 1]) - float(b[j]) if unit else s0[r, b[j + 1]] - s0[r, b[j]]
+        c[j] = (s1[r, b[j + 1]] - s1[r, b[j]]) / w
+
+
+@_jit
+def _wat(s0, unit, r, i):
+    return float(i) if unit else s0[r, i]
+
+
+@_jit
+def _move_row(xs, s0, s1, unit, r, c, b, cnt, tot, mean, ml, mr, gain):
+    """rows._move_rows for row r: one split-merge move where it lowers the SSE (c (k,) updated, sorted); whether it
+    moved. Scratch b (k+1,) int64, the rest (k,) float64."""
+    k, m = c.size, xs.shape[1]
+    _bounds(xs, r, c, b)
+    for j in range(k):
+        a, e = b[j], b[j + 1]
+        cnt[j] = _wat(s0, unit, r, e) - _wat(s0, unit, r, a)
+        tot[j] = s1[r, e] - s1[r, a]
+        mean[j] = tot[j] / cnt[j] if cnt[j] > 0 else c[j]
+    for j in range(k):
+        a, e = b[j], b[j + 1]
+        p = _below(xs, r, 0, m, np.float32(mean[j]))
+        p = max(min(max(p, a + 1), e - 1), a)  # in [a, e]
+        pv = min(max(p, 1), max(m - 1, 1))
+        cl = _wat(s0, unit, r, p) - _wat(s0, unit, r, a)
+        cr = _wat(s0, unit, r, e) - _wat(s0, unit, r, p)
+        sp = s1[r, p]
+        tl, tr = sp - s1[r, a], s1[r, e] - sp
+        ok = e - a >= 2 and cl > 0 and cr > 0 and xs[r, pv - 1] < xs[r, pv]
+        ml[j] = tl / cl if ok else tl
+        mr[j] = tr / cr if ok else tr
+        d = ml[j] - mr[j]
+        gain[j] = cl * cr / (cl + cr) * (d * d) if ok else 0.0
+    s = 0  # the first maximum (torch.max's index)
+    for j in range(1, k):
+        if gain[j] > gain[s]:
+            s = j
+    best_cost, t = math.inf, 0  # the first minimum of the merge costs of pairs not holding s
+    for j in range(k - 1):
+        both = cnt[j] + cnt[j + 1]
+        if j == s or j + 1 == s:
+            cost = math.inf
+        elif cnt[j] > 0 and cnt[j + 1] > 0:
+            d = mean[j] - mean[j + 1]
+            cost = cnt[j] * cnt[j + 1] / (both if both > 0 else 1.0) * (d * d)
+        else:
+            cost = 0.0
+        if cost < best_cost or j == 0:
+            best_cost, t = cost, j
+    best_gain = gain[s]
+    if not best_gain - best_cost > 1e-9 * best_gain + 1e-300:  # a net gain above rounding noise
+        return False
+    both = cnt[t] + cnt[t + 1]
+    merged = (tot[t] + tot[t + 1]) / both if both > 0 else c[t]
+    c[s] = ml[s]  # the split cluster's left half
+    c[t] = mr[s]  # its right half in the slot of the merged pair's first centroid
+    c[t + 1] = merged
+    for i in range(1, k):  # insertion sort (values only)
+        v = c[i]
+        j = i - 1
+        while j >= 0 and c[j] > v:
+            c[j + 1] = c[j]
+            j -= 1
+        c[j + 1] = v
+    return True
+
+
+@_jit
+def global_rows(xs, s0, s1, unit, c, bstart, max_iter, rounds, half, searches, shrink, coarse, bout):
+    """kmeans_1d_rows(search="global")'s work after the sort, the prefix sums and the starts, row by row: c (G, k)
+    float64 holds each row's fallback start (density init) and ends with its centroids; bstart (G, k+1) int64 the
+    search starts (rowsearch._starts; overwritten); bout (G, k+1) <- the final runs. Per row, as rows._rows runs it
+    batched: search from bstart (kept c where a run has no weight), Lloyd, up to `rounds` split-merge moves each
+    followed by Lloyd, then, if one moved, a search from the current runs and Lloyd again."""
+    g, k1 = bstart.shape
+    k, m = k1 - 1, xs.shape[1]
+    tmp, stride, st, nb, cand, w, v, best, nbest, args = _scratch(k1, half)
+    b, bn = np.empty(k1, np.int64), np.empty(k1, np.int64)
+    f0, f1, f2, f3, f4, f5 = np.empty(k), np.empty(k), np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+    for r in range(g):
+        cr, br = c[r], bstart[r]
+        _descend_row(s0, s1, unit, r, br, m, half, searches, shrink, coarse, tmp, stride, st, nb, cand, w, v, best,
+                     nbest, args)  # fmt: skip
+        _run_means(s0, s1, unit, r, br, cr)
+        _lloyd_row(xs, s0, s1, unit, r, cr, max_iter, b, bn, f0)
+        moved = False
+        if m >= 2:
+            for _ in range(rounds):
+                if not _move_row(xs, s0, s1, unit, r, cr, b, f0, f1, f2, f3, f4, f5):
+                    break
+                moved = True
+                _lloyd_row(xs, s0, s1, unit, r, cr, max_iter, b, bn, f0)
+        if moved:  # searched again from the runs the moves left
+            _bounds(xs, r, cr, br)
+            _descend_row(s0, s1, unit, r, br, m, half, searches, shrink, coarse, tmp, stride, st, nb, cand, w, v,
+                         best, nbest, args)  # fmt: skip
+            _run_means(s0, s1, unit, r, br, cr)
+            _lloyd_row(xs, s0, s1, unit, r, cr, max_iter, b, bn, f0)
+        _bounds(xs, r, cr, bout[r])
+
+
+@_jit
+def row_labels(x, c, out):
+    """rows' labels: out (G, m) int32 <- the number of midpoints of row g's centroids c (G, k) float64 (float32
+    ceilings, as rows._ceil_f32) <= each value of x (G, m) float32: compare passes for k <= 32, else binary search."""
+    g, m = x.shape
+    k = c.shape[1]
+    mids = np.empty(max(k - 1, 1), np.float32)
+    for r in range(g):
+        for j in range(k - 1):
+            mids[j] = _ceil_f32((c[r, j + 1] + c[r, j]) * 0.5)
+        o, xr = out[r], x[r]
+        if k <= 33:
+            for i in range(m):
+                o[i] = 0
+            for j in range(k - 1):
+                t = mids[j]
+                for i in range(m):
+                    o[i] += xr[i] >= t
+        else:
+            for i in range(m):
+                lo, hi, v = 0, k - 1, xr[i]
+                while lo < hi:
+                    h = (lo + hi) >> 1
+                    if mids[h] <= v:
+                        lo = h + 1
+                    else:
+                        hi = h
+                o[i] = lo
+
+
+@_jit
+def prefix_rows(xs, out):
+    """out (G, m+1) float64 <- [0, cumsum(xs[g] as float64)] per row, added in order (as torch.cumsum on CPU and
+    NumPy's cumsum: one sequential sum), in one pass instead of cast, cumsum and cat."""
+    g, m = xs.shape
+    for r in range(g):
+        acc = 0.0
+        out[r, 0] = 0.0
+        for i in range(m):
+            acc += np.float64(xs[r, i])
+            out[r, i + 1] = acc
+
+
+@_jit
+def density_rows(xs, c):
+    """rows.init_centroids_rows(xs, k, "density"): c (G, k) float64 <- the quantiles of each sorted row (linear
+    interpolation), with the same float64 operations as its torch code."""
+    g, m = xs.shape
+    k = c.shape[1]
+    for j in range(k):
+        pos = (j + 0.5) / k * (m - 1)
+        i0 = int(math.floor(pos))
+        i1 = min(i0 + 1, m - 1)
+        frac = pos - i0
+        for r in range(g):
+            v0, v1 = np.float64(xs[r, i0]), np.float64(xs[r, i1])
+            c[r, j] = v0 + frac * (v1 - v0)
+
+
+@_jit
+def respace_load(xs, s0, unit, b, u):
+    """rowsearch._respace's first half: u (G, k) <- W d^2 of each run of b (G, k+1) (W its weight, d = hi - lo its
+    width, in float32 as NumPy computes it), 0 for empty runs; the caller takes np.cbrt (NumPy's own, which may be
+    a SIMD one: numba's cbrt is not guaranteed to round alike)."""
+    g, k1 = b.shape
+    m = xs.shape[1]
+    for r in range(g):
+        for j in range(k1 - 1):
+            a, e = b[r, j], b[r, j + 1]
+            w = float(e) - float(a) if unit else s0[r, e] - s0[r, a]
+            d = xs[r, max(e - 1, 0)] - xs[r, min(a, m - 1)]  # hi - lo, float32
+            d2 = d * d  # float32, as NumPy's (hi - lo) ** 2 of float32 arrays
+            if math.isfinite(d2):
+                wd2 = w * np.float64(d2)
+            else:  # float32 overflow (|x| beyond ~1.8e19): float64, as _respace
+                dd = np.float64(xs[r, max(e - 1, 0)]) - np.float64(xs[r, min(a, m - 1)])
+                wd2 = w * (dd * dd)
+            u[r, j] = wd2 if e > a and w > 0 else 0.0
+
+
+@_jit
+def respace_cut(b, u, out):
+    """rowsearch._respace's second half: out (G, k+1) <- boundaries that give every run the same share of the
+    cumulative u (G, k) (cube roots of respace_load's values), spread evenly over each run's points; rows with no
+    spread keep b. Same float64 operations as the NumPy code (sequential cumsum, j / k * total)."""
+    g, k1 = b.shape
+    k = k1 - 1
+    cum = np.empty(k1)
+    inner = np.empty(max(k - 1, 1), np.int64)
+    for r in range(g):
+        cum[0] = 0.0
+        for j in range(k):
+            cum[j + 1] = cum[j] + u[r, j]
+        if not cum[k] > 0:  # all values equal: keep the runs
+            for j in range(k1):
+                out[r, j] = b[r, j]
+            continue
+        for j in range(1, k):
+            t = j / k * cum[k]
+            n = 0  # the run holding the cut: (cum <= t).sum() - 1, clipped to [0, k-1]
+            for q in range(k1):
+                n += cum[q] <= t
+            i = min(max(n - 1, 0), k - 1)
+            frac = (t - cum[i]) / max(u[r, i], 1e-300)
+            frac = min(frac, 1.0)
+            bi, bn = b[r, i], b[r, i + 1]
+            inner[j - 1] = int(bi + frac * (bn - bi))
+        for i in range(1, k - 1):  # insertion sort
+            v = inner[i]
+            q = i - 1
+            while q >= 0 and inner[q] > v:
+                inner[q + 1] = inner[q]
+                q -= 1
+            inner[q + 1] = v
+        out[r, 0] = 0
+        for j in range(k - 1):
+            out[r, j + 1] = inner[j]
+        out[r, k] = b[r, k]

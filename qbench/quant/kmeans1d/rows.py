@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from qbench.quant.kmeans1d import fast, rowsearch
 from qbench.quant.kmeans1d.base import INITS, SEARCHES, KMeansResult, init_centroids
 from qbench.quant.kmeans1d.labels import _row_labels
 from qbench.quant.kmeans1d.rowsearch import search_rows
@@ -214,27 +215,37 @@ def _rows(
     if x.dim() != 2 or x.numel() == 0:
         raise ValueError(f"kmeans_1d_rows expects a non-empty (rows, values) matrix, got shape {tuple(x.shape)}")
     x = x.float().cpu().contiguous()  # float32 data, as kmeans_1d's float32 path (half types are exact in float32)
-    if not torch.isfinite(x).all():
-        raise ValueError("kmeans_1d_rows: input has NaN or infinite values")
     w_sse, w = _row_weights(weights, tuple(x.shape)) if weights is not None else (None, None)
     g_all, m = x.shape
+    if search == "global" and k >= 2 and init not in INITS:  # init unused but validated
+        raise ValueError(f"unknown k-means init {init!r}; valid: {', '.join(INITS)}")
+    quick = search == "global" and k >= 2 and rowsearch.fast_rows()  # the numba kernels, per row (fast.py)
     zero = torch.zeros(g_all, 1, dtype=torch.float64)
     if w is None:
         xs = torch.from_numpy(np.sort(x.numpy(), axis=1))  # (G, m): values only, NumPy's SIMD sort (no indices)
         s0 = None  # run weight = run length
-        s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
     else:
         xs, order = torch.sort(x, dim=1, stable=True)  # the stable order of kmeans_1d's weighted path
         ws = w.gather(1, order)
         s0 = torch.cat([zero, torch.cumsum(ws, 1)], 1)
         s1 = torch.cat([zero, torch.cumsum(ws * xs.double(), 1)], 1)
         del ws, order
-    if search == "global" and k >= 2:  # init unused but validated; the fallback start of rows the search cannot split
-        if init not in INITS:
-            raise ValueError(f"unknown k-means init {init!r}; valid: {', '.join(INITS)}")
-        c = init_centroids_rows(xs, k, "density")
-    else:
-        c = init_centroids_rows(xs, k, init, seed)  # (G, k) float64
+    if not (torch.isfinite(xs[:, 0]).all() and torch.isfinite(xs[:, -1]).all()):  # sorts put NaN and inf at the ends
+        raise ValueError("kmeans_1d_rows: input has NaN or infinite values")
+    if w is None and quick:
+        s1 = torch.empty(g_all, m + 1, dtype=torch.float64)
+        fast.prefix_rows(xs.numpy(), s1.numpy())  # the same sums as below, one pass
+    elif w is None:
+        s1 = torch.cat([zero, torch.cumsum(xs.double(), 1)], 1)  # (G, m+1) prefix sums, float64, sequential as NumPy's
+    rounds = 4 * k if (improve or search == "global") and k >= 3 else 0  # split-merge rounds
+    if quick:  # every step below, per row; the fallback start of rows the search cannot split: density
+        c = torch.empty(g_all, k, dtype=torch.float64)
+        fast.density_rows(xs.numpy(), c.numpy())
+        b_fin = rowsearch.global_rows_fast(xs.numpy(), None if s0 is None else s0.numpy(), s1.numpy(), c.numpy(),
+                                           max_iter, rounds)  # fmt: skip
+        return _result(x, xs, s1, c, torch.from_numpy(b_fin), w_sse, max_iter, fast_labels=True)
+    # the fallback start of rows the global search cannot split: density
+    c = init_centroids_rows(xs, k, "density" if search == "global" and k >= 2 else init, seed)  # (G, k) float64
     if search == "global" and k >= 2:
         c = _searched(xs, s0, s1, k, c)
 
@@ -277,14 +288,24 @@ def _rows(
             b_w = b_mean
 
     lloyd(torch.arange(g_all), max_iter)
-    moved = _moves(c, xs, s0, s1, bounds, lloyd, max_iter, 4 * k if (improve or search == "global") and k >= 3 else 0)
+    moved = _moves(c, xs, s0, s1, bounds, lloyd, max_iter, rounds)
     if search == "global" and k >= 2 and moved.numel():  # the rows the moves changed: searched again from there
         c[moved] = _searched(xs[moved], None if s0 is None else s0[moved], s1[moved], k, c[moved], bounds)
         lloyd(moved, max_iter)
-    mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
-    labels = _row_labels(x, mids)  # (G, m): number of midpoints <= each value
+    return _result(x, xs, s1, c, bounds(xs, c) if w_sse is None else None, w_sse, max_iter)
+
+
+def _result(x, xs, s1, c: torch.Tensor, b: torch.Tensor | None, w_sse, max_iter: int, fast_labels: bool = False):
+    """KMeansResult of the centroids c (G, k) float64 of the rows of x (G, m) (xs sorted, s1 prefix sums): labels in
+    input order, SSE from the final runs b (G, k+1) (unweighted) or from the caller's weights w_sse."""
+    g_all, m = x.shape
+    if fast_labels:  # the numba kernel: the same counts as _row_labels
+        labels = torch.from_numpy(np.empty((g_all, m), np.int32))
+        fast.row_labels(x.numpy(), c.numpy(), labels.numpy())
+    else:
+        mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
+        labels = _row_labels(x, mids)  # (G, m): number of midpoints <= each value
     if w_sse is None:  # sum x^2 minus the fit, from the prefix sums at the final runs (no data-sized temporaries)
-        b = bounds(xs, c)
         tot = _diff1(torch.take(s1, torch.arange(g_all)[:, None] * (m + 1) + b))  # (G, k) run sums
         sse = max(_sum_sq(x.numpy().reshape(-1), None) - float((c * (2 * tot - c * _diff1(b))).sum()), 0.0)
     else:  # with the caller's weights

@@ -164,6 +164,39 @@ def _search(xs: np.ndarray, s0, s1, k: int, b0: np.ndarray | None) -> np.ndarray
     return best
 
 
+def fast_rows() -> bool:
+    """Whether kmeans_1d_rows(search="global") runs per row in numba (global_rows_fast): fast.enabled(), and one
+    window half-width for every search (the kernels take one)."""
+    return fast.enabled() and _HALF == _HALF_COARSE
+
+
+def global_rows_fast(xs: np.ndarray, s0, s1: np.ndarray, c: np.ndarray, max_iter: int, rounds: int) -> np.ndarray:
+    """kmeans_1d_rows(search="global")'s steps after the prefix sums, in fast.global_rows row by row: c (G, k)
+    float64 (the density start, contiguous) updated in place to the centroids; returns the final runs (G, k+1).
+    The start is _starts' (equal-count runs re-spaced), from fast.respace_load / respace_cut."""
+    k = c.shape[1]
+    unit = s0 is None
+    s0c = np.zeros((1, 1)) if unit else s0
+    b = _start_fast(xs, s0c, unit, k)
+    out = np.empty_like(b)
+    fast.global_rows(xs, s0c, s1, unit, c, b, max_iter, rounds, _HALF, _SEARCHES, _SHRINK, _HALF_COARSE, out)
+    return out
+
+
+def _start_fast(xs: np.ndarray, s0c: np.ndarray, unit: bool, k: int) -> np.ndarray:
+    """_starts(xs, s0, k)[0] in numba: equal-count runs re-spaced _RESPACES times (the cube roots by NumPy's
+    np.cbrt, as _respace takes them: numba's own cbrt need not round alike)."""
+    g, m = xs.shape
+    b = np.rint(np.arange(k + 1) * (m / k)).astype(np.int64)[None].repeat(g, 0)
+    u = np.empty((g, k))
+    for _ in range(_RESPACES):
+        fast.respace_load(xs, s0c, unit, b, u)
+        out = np.empty_like(b)
+        fast.respace_cut(b, np.cbrt(u), out)
+        b = out
+    return b
+
+
 def _descend_any(s0, s1, b: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """_descend, in numba's compiled loops when fast.enabled() (the same boundaries and fits bit for bit; the
     kernel takes one window half-width, so it needs _HALF == _HALF_COARSE), else the NumPy reference below."""
