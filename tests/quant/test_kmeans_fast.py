@@ -77,6 +77,17 @@ def test_random_matrices(monkeypatch, k):
     _assert_same(*_both(monkeypatch, x, k))
 
 
+def test_threads(monkeypatch):
+    """QBENCH_NUMBA_THREADS splits the rows over threads: the same result (weighted and not), blocks of 1+ rows."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 80, generator=g)
+    w = torch.rand(7, 80, generator=g, dtype=torch.float64)
+    for n in ["3", "16"]:
+        monkeypatch.setenv("QBENCH_NUMBA_THREADS", n)
+        _assert_same(*_both(monkeypatch, x, 8))
+        _assert_same(*_both(monkeypatch, x, 8, w))
+
+
 def test_edge_shapes_and_values(monkeypatch):
     """One or two values per row, fewer values than k, the iteration limit hit (max_iter 0..3), +-0.0 ties, values
     whose float32 spread overflows when squared (the start's float64 fallback), k above the compare-pass labels."""

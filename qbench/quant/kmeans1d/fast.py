@@ -26,6 +26,31 @@ def enabled() -> bool:
     return numba is not None and os.environ.get("QBENCH_NUMBA", "1") != "0"
 
 
+def threads() -> int:
+    """Threads the per-row kernels split rows over: QBENCH_NUMBA_THREADS (default 1; the kernels release the GIL,
+    rows are independent, so the results do not depend on it). More than 1 only pays on an idle machine."""
+    try:
+        return max(1, int(os.environ.get("QBENCH_NUMBA_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+def split_rows(f, g: int, *arrays) -> None:
+    """Run f(*[a[i:j] for a in arrays]) over row blocks [i, j) of the g rows, in threads() threads (each array's
+    first axis has g rows; f writes its results into them)."""
+    n = min(threads(), g)
+    if n <= 1:
+        f(*arrays)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [g * i // n for i in range(n + 1)]
+    with ThreadPoolExecutor(n) as pool:
+        jobs = [pool.submit(f, *[a[i:j] for a in arrays]) for i, j in zip(cuts[:-1], cuts[1:], strict=True)]
+        for job in jobs:
+            job.result()
+
+
 def _jit(f):
     return numba.njit(cache=True, nogil=True)(f) if numba is not None else f
 

@@ -301,7 +301,7 @@ def _result(x, xs, s1, c: torch.Tensor, b: torch.Tensor | None, w_sse, max_iter:
     g_all, m = x.shape
     if fast_labels:  # the numba kernel: the same counts as _row_labels
         labels = torch.from_numpy(np.empty((g_all, m), np.int32))
-        fast.row_labels(x.numpy(), c.numpy(), labels.numpy())
+        fast.split_rows(fast.row_labels, g_all, x.numpy(), c.numpy(), labels.numpy())
     else:
         mids = _ceil_f32((c[:, 1:] + c[:, :-1]) * 0.5)  # (G, k-1)
         labels = _row_labels(x, mids)  # (G, m): number of midpoints <= each value

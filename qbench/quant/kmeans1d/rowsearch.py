@@ -179,7 +179,14 @@ def global_rows_fast(xs: np.ndarray, s0, s1: np.ndarray, c: np.ndarray, max_iter
     s0c = np.zeros((1, 1)) if unit else s0
     b = _start_fast(xs, s0c, unit, k)
     out = np.empty_like(b)
-    fast.global_rows(xs, s0c, s1, unit, c, b, max_iter, rounds, _HALF, _SEARCHES, _SHRINK, _HALF_COARSE, out)
+
+    def run(xs, s0, s1, c, b, out) -> None:
+        fast.global_rows(xs, s0, s1, unit, c, b, max_iter, rounds, _HALF, _SEARCHES, _SHRINK, _HALF_COARSE, out)
+
+    if unit:  # (s0 a (1, 1) placeholder: the same for every block of rows)
+        fast.split_rows(lambda xs, s1, c, b, out: run(xs, s0c, s1, c, b, out), xs.shape[0], xs, s1, c, b, out)
+    else:
+        fast.split_rows(run, xs.shape[0], xs, s0c, s1, c, b, out)
     return out
 
 
