@@ -1,12 +1,16 @@
 """Optional compiled kernels (numba, the `fast` extra: pip install -e '.[fast]') for kmeans_1d_rows' global search.
 
-rowsearch._descend (the joint boundary searches, ~2/3 of kmeans_1d_rows(search="global")'s time in NumPy: a dynamic
-programme per search batched over chunks of rows, with a Python step per boundary) runs here row by row in compiled
-loops. The NumPy code stays the reference and the fallback: these kernels port its arithmetic in the same order
-(the same float64 operations on the same operands, argmax's first maximum, NumPy's pairwise summation where NumPy
-sums; no fastmath), so the boundaries, and hence centroids and labels, are the same bit for bit
+kmeans_1d_rows(search="global") runs here row by row after its sort (rows.py, rowsearch.global_rows_fast): prefix
+sums (prefix_rows), the density fallback start (density_rows), the re-spaced start (respace_load / respace_cut around
+NumPy's np.cbrt), then one kernel per row (global_rows): the joint boundary searches (rowsearch._descend: a dynamic
+programme per search), Lloyd to a fixed point, split-merge moves each followed by Lloyd, the second search of a row
+that moved and Lloyd again, the final runs; then the labels (row_labels). The NumPy/torch code stays the reference
+and the fallback: these kernels port its arithmetic in the same order (the same float64 operations on the same
+operands, float32 midpoint ceilings, argmax's / torch.max's first extremum, NumPy's pairwise summation where NumPy
+sums, sequential cumulative sums; no fastmath), so centroids, labels and SSE are the same bit for bit
 (tests/quant/test_kmeans_fast.py). Used when numba imports, unless the environment sets QBENCH_NUMBA=0 (read at
-every call). Kernels compile on first use (cache=True: later processes load them from numba's cache)."""
+every call); QBENCH_NUMBA_THREADS=N splits the rows over N threads. Kernels compile on first use (cache=True: later
+processes load them from numba's cache)."""
 
 from __future__ import annotations
 
