@@ -182,3 +182,31 @@ def test_env_switch(monkeypatch):
     monkeypatch.delenv("QBENCH_NUMBA")
     kmeans_1d_rows(x, 4, search="global")
     assert calls
+
+
+def test_tensor_programmes_equal_numpy(monkeypatch):
+    """Per tensor: search._viterbi's and _dp_start's programmes in numba equal NumPy's (k = 2..40, candidates past
+    the ends, ties from repeated values), and kmeans_1d(search="global") gives the same result on both paths."""
+    from qbench.quant.kmeans1d import kmeans_1d, search
+    from qbench.quant.kmeans1d.runs import _Runs
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(40_000) * np.exp(rng.standard_normal(40_000) / 2)).astype(np.float32)
+    x[:5000] = np.round(x[:5000] * 2) / 2  # ties
+    runs = _Runs(np.sort(x), None)
+    for k in [2, 3, 8, 16, 40]:
+        b = np.rint(np.arange(k + 1) * (runs.n / k)).astype(np.int64)
+        stride = rng.integers(1, 300, k - 1)
+        got = {}
+        for flag in "10":
+            monkeypatch.setenv("QBENCH_NUMBA", flag)
+            got[flag] = (search._viterbi(runs, b, stride), search._viterbi(runs, b, stride, 4))
+            got[flag] += (search._dp_start(runs, k),)
+        for a, r in zip(got["1"], got["0"], strict=True):
+            np.testing.assert_array_equal(a, r)
+    for k in [4, 16, 256]:
+        res = []
+        for flag in "10":
+            monkeypatch.setenv("QBENCH_NUMBA", flag)
+            res.append(kmeans_1d(torch.from_numpy(x), k, search="global"))
+        _assert_same(*res)

@@ -553,3 +553,75 @@ def respace_cut(b, u, out):
         for j in range(k - 1):
             out[r, j + 1] = inner[j]
         out[r, k] = b[r, k]
+
+
+# --- per tensor (kmeans_1d, search.py): the dynamic programmes of _viterbi and _dp_start ---
+
+
+@_jit
+def _run_fit(dv, dw):
+    """S1^2 / S0 of a run (dv: its sum, dw: its weight), -inf when it has no weight (as np.where(d0 > 0, ...))."""
+    return dv * dv / dw if dw > 0 else -math.inf
+
+
+@_jit
+def viterbi_tensor(cand, w, v, w_end, v_end, out):
+    """search._viterbi's dynamic programme: out (k-1,) <- the candidate of each inner boundary on the best path,
+    from the candidates cand (k-1, C) and the prefix weights w and sums v (k-1, C) at them (NumPy's s1_at), the
+    totals w_end, v_end. Same float64 operations as the NumPy code; argmax: first maximum, first NaN."""
+    k1, nc = w.shape
+    best = np.empty(nc)
+    col = np.empty(nc)
+    args = np.empty((max(k1 - 1, 1), nc), np.int64)
+    for c in range(nc):  # the first cluster [0, cand[0, c])
+        best[c] = v[0, c] * v[0, c] / w[0, c] if w[0, c] > 0 else -math.inf
+    nbest = np.empty(nc)
+    for j in range(k1 - 1):  # the cluster [cand[j, a], cand[j+1, c]) after the best path to cand[j, a]
+        for c in range(nc):
+            for a in range(nc):
+                col[a] = best[a] + _run_fit(v[j + 1, c] - v[j, a], w[j + 1, c] - w[j, a])
+            arg = _argmax_first(col, 0, nc)
+            args[j, c] = arg
+            nbest[c] = col[arg]
+        for c in range(nc):
+            best[c] = nbest[c]
+    for c in range(nc):  # the last cluster [cand[-1, c], n)
+        dw = w_end - w[k1 - 1, c]
+        dv = v_end - v[k1 - 1, c]
+        col[c] = best[c] + (dv * dv / dw if w_end > w[k1 - 1, c] else -math.inf)
+    sel = _argmax_first(col, 0, nc)
+    out[k1 - 1] = cand[k1 - 1, sel]
+    for j in range(k1 - 2, -1, -1):
+        sel = args[j, sel]
+        out[j] = cand[j, sel]
+
+
+@_jit
+def dp_tensor(s0, s1, k, out):
+    """search._dp_start's dynamic programme: out (k+1,) <- the indices (into the summary edges) of the optimal
+    k runs of the summary with prefix weights s0 and sums s1 (m+1,) at its edges: maximise sum S1^2 / S0 over the
+    runs. Same float64 operations and argmax ties as the NumPy code (tot[j, i] = g[j, i] + best[i], first maximum)."""
+    m1 = s0.size
+    g = np.empty((m1, m1))
+    for j in range(m1):
+        for i in range(m1):
+            g[j, i] = _run_fit(s1[j] - s1[i], s0[j] - s0[i])  # runs i..j-1 (-inf unless i < j)
+    best = np.empty(m1)
+    nbest = np.empty(m1)
+    for j in range(m1):
+        best[j] = g[j, 0]
+    args = np.empty((max(k - 1, 1), m1), np.int64)
+    row = np.empty(m1)
+    for layer in range(k - 1):
+        for j in range(m1):
+            for i in range(m1):
+                row[i] = g[j, i] + best[i]
+            a = _argmax_first(row, 0, m1)
+            args[layer, j] = a
+            nbest[j] = row[a]
+        for j in range(m1):
+            best[j] = nbest[j]
+    out[k] = m1 - 1
+    for layer in range(k - 2, -1, -1):
+        out[layer + 1] = args[layer, out[layer + 2]]
+    out[0] = 0

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from qbench.quant.kmeans1d import fast
 from qbench.quant.kmeans1d.base import _mean
 from qbench.quant.kmeans1d.lloyd import _iterate
 from qbench.quant.kmeans1d.runs import _BLOCK, _Runs
@@ -43,6 +44,10 @@ def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
         return None
     s0 = e.astype(np.float64) if runs.s0 is None else runs.s0[e]
     s1 = runs.s1_at(e)
+    if fast.enabled():  # the same programme in numba (fast.dp_tensor), bit for bit
+        idx = np.empty(k + 1, np.int64)
+        fast.dp_tensor(np.ascontiguousarray(s0), np.ascontiguousarray(s1), k, idx)
+        return e[idx]
     d0 = s0[:, None] - s0[None, :]  # (m+1, m+1) [j, i]: weight of the summary runs i..j-1 (rows: contiguous maxima)
     d1 = s1[:, None] - s1[None, :]
     g = np.full(d0.shape, -math.inf)
@@ -77,6 +82,11 @@ def _viterbi(runs: _Runs, b: np.ndarray, stride: np.ndarray, half: int = _VITERB
     w = cand.astype(np.float64) if runs.s0 is None else runs.s0[cand]
     v = runs.s1_at(cand)
     w_end, v_end = float(n if runs.s0 is None else runs.s0[n]), float(runs.s1_at(np.array([n]))[0])
+    if fast.enabled() and k >= 2:  # the same programme in numba (fast.viterbi_tensor), bit for bit
+        out = b.copy()
+        fast.viterbi_tensor(cand, np.ascontiguousarray(w, np.float64), np.ascontiguousarray(v, np.float64), w_end,
+                            v_end, out[1:-1])  # fmt: skip
+        return out
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(w[0] > 0, v[0] ** 2 / w[0], -math.inf)  # (C,) the first cluster [0, cand[0])
         d0 = w[1:, None, :] - w[:-1, :, None]  # (k-2, C, C): cluster [cand[j, a], cand[j+1, c])
