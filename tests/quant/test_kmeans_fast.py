@@ -210,3 +210,23 @@ def test_tensor_programmes_equal_numpy(monkeypatch):
             monkeypatch.setenv("QBENCH_NUMBA", flag)
             res.append(kmeans_1d(torch.from_numpy(x), k, search="global"))
         _assert_same(*res)
+
+
+def test_tensor_labels_equal_numpy(monkeypatch):
+    """labels._labels (per tensor) in one compiled pass equals the chunked NumPy passes: compare passes (k <= 4),
+    the table with and without in-cell thresholds, a midpoint at +0.0 with +-0.0 values, k = 256."""
+    from qbench.quant.kmeans1d.labels import _labels
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(50_000).astype(np.float32)
+    x[:100], x[100:200] = 0.0, -0.0
+    cases = [np.float32([0.0]), np.float32([-1.0, 0.0, 0.5]), np.float32([1.0, 2.0, 4.0, 8.0, 16.0])]
+    cases += [np.sort(rng.standard_normal(k - 1)).astype(np.float32) for k in (16, 256)]
+    cases += [np.sort(np.append(rng.standard_normal(14), 0.0)).astype(np.float32)]
+    for mids in cases:
+        got = {}
+        for flag in "10":
+            monkeypatch.setenv("QBENCH_NUMBA", flag)
+            got[flag] = _labels(x, mids).copy()
+        np.testing.assert_array_equal(got["1"], got["0"])
+        np.testing.assert_array_equal(got["0"], np.searchsorted(mids, x, side="right"))

@@ -625,3 +625,27 @@ def dp_tensor(s0, s1, k, out):
     for layer in range(k - 2, -1, -1):
         out[layer + 1] = args[layer, out[layer + 2]]
     out[0] = 0
+
+
+@_jit
+def labels_count(x, mids, out):
+    """labels._labels with few midpoints: out (n,) int32 <- how many of mids (float32, ascending) are <= each x."""
+    for i in range(x.size):
+        n = 0
+        v = x[i]
+        for t in mids:
+            n += v >= t
+        out[i] = n
+
+
+@_jit
+def labels_table(bits, x, lut, thr, use_thr, out):
+    """labels._labels' table pass fused: out (n,) int32 <- lut[key] (+ 1 where x >= thr[key] when use_thr), key the
+    top 16 bits of each float32 x (bits: x viewed as uint32)."""
+    if use_thr:
+        for i in range(x.size):
+            key = bits[i] >> 16
+            out[i] = np.int32(lut[key]) + (x[i] >= thr[key])
+    else:
+        for i in range(x.size):
+            out[i] = lut[bits[i] >> 16]
