@@ -628,17 +628,6 @@ def dp_tensor(s0, s1, k, out):
 
 
 @_jit
-def labels_count(x, mids, out):
-    """labels._labels with few midpoints: out (n,) int32 <- how many of mids (float32, ascending) are <= each x."""
-    for i in range(x.size):
-        n = 0
-        v = x[i]
-        for t in mids:
-            n += v >= t
-        out[i] = n
-
-
-@_jit
 def labels_table(bits, x, lut, thr, use_thr, out):
     """labels._labels' table pass fused: out (n,) int32 <- lut[key] (+ 1 where x >= thr[key] when use_thr), key the
     top 16 bits of each float32 x (bits: x viewed as uint32)."""
