@@ -230,3 +230,21 @@ def test_tensor_labels_equal_numpy(monkeypatch):
             got[flag] = _labels(x, mids).copy()
         np.testing.assert_array_equal(got["1"], got["0"])
         np.testing.assert_array_equal(got["0"], np.searchsorted(mids, x, side="right"))
+
+
+def test_blocked_prefix_sums_equal_numpy(monkeypatch):
+    """runs._Runs.s1_at on blocked prefix sums: numba's block sums equal NumPy's (float32 and float64 values, any
+    index shape, the end index)."""
+    from qbench.quant.kmeans1d.runs import _Runs
+
+    rng = np.random.default_rng(7)
+    for dtype in (np.float32, np.float64):
+        n = 40_000
+        runs = _Runs(np.sort((rng.standard_normal(n) * np.exp(3 * rng.standard_normal(n))).astype(dtype)), None)
+        for j in [rng.integers(0, n + 1, (15, 33)), np.arange(n - 70, n + 1), np.array(n), np.array([0, 1, 31, 32])]:
+            monkeypatch.setenv("QBENCH_NUMBA", "1")
+            got = runs.s1_at(j)
+            monkeypatch.setenv("QBENCH_NUMBA", "0")
+            ref = runs.s1_at(j)
+            assert np.shape(got) == np.shape(ref)
+            np.testing.assert_array_equal(got, ref)

@@ -638,3 +638,19 @@ def labels_table(bits, x, lut, thr, use_thr, out):
     else:
         for i in range(x.size):
             out[i] = lut[bits[i] >> 16]
+
+
+@_jit
+def s1_blocked(xs, blocks, j, out):
+    """runs._Runs.s1_at with blocked prefix sums: out <- blocks[j >> 5] + the sum of the values of j's block before
+    j, as NumPy sums the block's 32 values (the later ones zeroed) in float64: one pairwise block of 8 accumulators.
+    j, out: flat (same size)."""
+    n = xs.size
+    tmp = np.empty(32)
+    for q in range(j.size):
+        blk = j[q] >> 5
+        base = blk << 5
+        r = j[q] - base
+        for t in range(32):
+            tmp[t] = np.float64(xs[min(base + t, n - 1)]) if t < r else 0.0
+        out[q] = blocks[blk] + _pairwise_block(tmp, 0, 32)
