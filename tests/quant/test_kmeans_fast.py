@@ -204,6 +204,13 @@ def test_tensor_programmes_equal_numpy(monkeypatch):
             got[flag] += (search._dp_start(runs, k),)
         for a, r in zip(got["1"], got["0"], strict=True):
             np.testing.assert_array_equal(a, r)
+    huge = _Runs(np.sort(rng.standard_normal(5000)) * 1e155, None)  # S1^2 overflows: inf fits, NaN sums
+    for k in [3, 8]:
+        got = {}
+        for flag in "10":
+            monkeypatch.setenv("QBENCH_NUMBA", flag)
+            got[flag] = search._dp_start(huge, k)
+        np.testing.assert_array_equal(got["1"], got["0"])
     for k in [4, 16, 256]:
         res = []
         for flag in "10":

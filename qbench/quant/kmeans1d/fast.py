@@ -613,10 +613,16 @@ def dp_tensor(s0, s1, k, out):
     args = np.empty((max(k - 1, 1), m1), np.int64)
     row = np.empty(m1)
     for layer in range(k - 1):
+        # g[j, i] = -inf for i >= j (no weight; s0 ascends), so tot[j, i] = -inf there unless best[i] is +inf or NaN
+        # (overflow): then the whole row is scanned, else only i < j (the same first maximum: ties go to the lowest i)
+        full = False
+        for i in range(m1):
+            full = full or not best[i] < math.inf
         for j in range(m1):
-            for i in range(m1):
+            n = m1 if full else max(j, 1)
+            for i in range(n):
                 row[i] = g[j, i] + best[i]
-            a = _argmax_first(row, 0, m1)
+            a = _argmax_first(row, 0, n)
             args[layer, j] = a
             nbest[j] = row[a]
         for j in range(m1):
