@@ -1,4 +1,4 @@
-"""Optional compiled kernels (numba, the `fast` extra: pip install -e '.[fast]') for kmeans_1d_rows' global search.
+"""Optional compiled kernels (numba, the `fast` extra: pip install -e '.[fast]') for the 1-D k-means' global search.
 
 kmeans_1d_rows(search="global") runs here row by row after its sort (rows.py, rowsearch.global_rows_fast): prefix
 sums (prefix_rows), the density fallback start (density_rows), the re-spaced start (respace_load / respace_cut around
@@ -10,7 +10,11 @@ operands, float32 midpoint ceilings, argmax's / torch.max's first extremum, NumP
 sums, sequential cumulative sums; no fastmath), so centroids, labels and SSE are the same bit for bit
 (tests/quant/test_kmeans_fast.py). Used when numba imports, unless the environment sets QBENCH_NUMBA=0 (read at
 every call); QBENCH_NUMBA_THREADS=N splits the rows over N threads. Kernels compile on first use (cache=True: later
-processes load them from numba's cache)."""
+processes load them from numba's cache).
+
+Per tensor (kmeans_1d(search="global")), only parts run here, on the same terms: the dynamic programmes of
+search._viterbi and _dp_start (viterbi_tensor, dp_tensor), the blocked prefix sums at given indices (s1_blocked, for
+runs._Runs.s1_at) and the label table pass (labels_table, for labels._labels)."""
 
 from __future__ import annotations
 
