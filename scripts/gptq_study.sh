@@ -5,7 +5,7 @@
 #   bash scripts/gptq_study.sh [all|1|2|3]
 set -euo pipefail
 Q="${QBENCH:-.venv/bin/python -m qbench.cli} run"
-S="$Q +experiment=gptq_smollm2 --multirun"
+S="$Q --multirun +experiment=gptq_smollm2"
 M="$Q +experiment=gptq_minilm"
 step="${1:-all}"
 # WikiText-2's local mirror has no train split: calibrating cells (gptq, kmeans_fisher) read its validation split
