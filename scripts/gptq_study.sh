@@ -24,7 +24,10 @@ if [[ $step == all || $step == 1 ]]; then
       $S task=$task bits=$bits scheme=linear scheme.granularity=group scheme.group_size=192
       $S task=$task bits=$bits scheme=nf4 scheme.block_size=192
       $S $cal bits=$bits scheme=kmeans_fisher
-      $S $cal bits=$bits scheme=gptq,gptq_kmeans scheme.act_order=true
+      # one scheme per command: a multirun composes its base config without the swept keys, so scheme.act_order
+      # (a key of the gptq schemes only) fails against the default scheme when scheme= is swept
+      $S $cal bits=$bits scheme=gptq scheme.act_order=true
+      $S $cal bits=$bits scheme=gptq_kmeans scheme.act_order=true
       $S $cal bits=$bits scheme=gptq scheme.group_size=192 scheme.act_order=true
     done
   done
