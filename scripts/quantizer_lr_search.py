@@ -11,7 +11,8 @@ and writes --out (JSON): the picks and every candidate with its score and how fa
     python scripts/quantizer_lr_search.py --out results/sweeps/paper_b_glue_cpu_qlr/sst2.json \\
         --grid 1e-4,1e-3,1e-2,1e-1 --schemes pact,lsq,mds -- \\
         +experiment=paper_b_glue_cpu task=sst2 seed=42 distill=none study=paper_b_glue_cpu_qlr
---select-only scores the cells already there without running anything.
+--select-only scores the cells already there without running anything (--records DIR: the cells of a committed
+study folder, e.g. results/paper_b_glue_cpu, so that its JSON rebuilds from the records).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def final_loss(record: dict | None, last: int) -> float:
     return sum(losses) / len(losses) if losses else math.inf
 
 
-def cell_dirs(overrides: list[str], schemes: list[str], grid: list[float]) -> dict[tuple[str, float], Path]:
-    """{(scheme, rate): the run folder its multirun writes} (results/sweeps/<study>/<cell id>), from the composed
-    configs."""
+def cell_dirs(overrides: list[str], schemes: list[str], grid: list[float],
+              records: Path | None = None) -> dict[tuple[str, float], Path]:  # fmt: skip
+    """{(scheme, rate): the run folder its multirun writes} (results/sweeps/<study>/<cell id>; records/<cell id> when
+    `records` is given, e.g. a committed study folder), from the composed configs."""
     from hydra import compose, initialize_config_module
 
     import qbench.cli  # noqa: F401  (the cell_id resolver)
@@ -49,7 +51,7 @@ def cell_dirs(overrides: list[str], schemes: list[str], grid: list[float]) -> di
         for scheme in schemes:
             for lr in grid:
                 cfg = compose("config", overrides=[*overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={lr}"])
-                out[scheme, lr] = REPO / "results" / "sweeps" / cfg.study / cell_id(cfg)
+                out[scheme, lr] = (records or REPO / "results" / "sweeps" / cfg.study) / cell_id(cfg)
     return out
 
 
@@ -67,10 +69,14 @@ def main() -> None:
     ap.add_argument("--last", type=int, default=10, help="logged QAT steps averaged for the score")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--select-only", action="store_true", help="score the cells already run; run nothing")
+    ap.add_argument("--records", type=Path, help="with --select-only: read the cells from this folder (a committed "
+                    "study) instead of results/sweeps/<study>")  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="qbench overrides of every cell (after --)")
     a = ap.parse_args()
     grid, schemes = [float(x) for x in a.grid.split(",")], a.schemes.split(",")
-    dirs = cell_dirs(a.overrides, schemes, grid)
+    if a.records and not a.select_only:
+        ap.error("--records reads committed cells: use it with --select-only")
+    dirs = cell_dirs(a.overrides, schemes, grid, a.records)
     if not a.select_only:
         qbench = os.environ.get("QBENCH", f"{sys.executable} -m qbench.cli").split()
         for scheme in schemes:
