@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import torch
 
-from qbench.quant.kmeans1d import fast
+import qbench.quant.kmeans1d.fast as fast
 
 _KEYS = np.arange(1 << 16, dtype=np.uint32)
 _NEG = _KEYS >= 0x8000  # sign bit set

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from qbench.quant.kmeans1d import fast, rowsearch
+import qbench.quant.kmeans1d.fast as fast
+import qbench.quant.kmeans1d.rowsearch as rowsearch
 from qbench.quant.kmeans1d.base import INITS, SEARCHES, KMeansResult, init_centroids
 from qbench.quant.kmeans1d.labels import _row_labels
 from qbench.quant.kmeans1d.rowsearch import search_rows

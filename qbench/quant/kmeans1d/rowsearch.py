@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from qbench.quant.kmeans1d import fast
+import qbench.quant.kmeans1d.fast as fast
 
 _HALF = 4  # candidates per boundary in a joint search on single points: 2 * _HALF + 1
 _HALF_COARSE = 4  # the same on coarser grids (steps of several points)

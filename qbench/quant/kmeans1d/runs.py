@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from qbench.quant.kmeans1d import fast
+import qbench.quant.kmeans1d.fast as fast
 from qbench.quant.kmeans1d.base import _ceil_to, _fit
 
 _CHUNK = 1 << 16  # elements per chunk of float64 sums (stays in cache, no n-sized float64 copy)

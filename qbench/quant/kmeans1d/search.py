@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from qbench.quant.kmeans1d import fast
+import qbench.quant.kmeans1d.fast as fast
 from qbench.quant.kmeans1d.base import _mean
 from qbench.quant.kmeans1d.lloyd import _iterate
 from qbench.quant.kmeans1d.runs import _BLOCK, _Runs
