@@ -23,6 +23,9 @@ FP = "FP"
 # when records of different configurations share a table cell, these fields name the difference first
 FIRST = ("model.name", "task.name", "train.order", "distill.name", "data", "scheme._target_")
 ALIAS = {"model.name": "model", "task.name": "task", "train.order": "order", "distill.name": "distill"}
+# config keys left out of the configuration (qbench.sweep.EXCLUDED) that --where and --rows may still read: notes
+# about a run that do not change its result (a mixed cell's budget: two budgets can give one allocation, one cell)
+NOTES = ("allocation",)
 
 
 def load_records(paths: list[str | Path]) -> pd.DataFrame:
@@ -48,6 +51,7 @@ def load_records(paths: list[str | Path]) -> pd.DataFrame:
                 "distill": (r.get("distill") or {}).get("name", "none"),
                 "seed": r.get("seed"), "metric": m["name"], "split": m["split"], "value": m["value"],
                 "effective_bits": s.get("effective_bits") or 32.0, "path": str(f.parent), "config": config,
+                "notes": notes(r),
                 "config_key": key, "finished": r.get("finished", ""),
                 # one record per (configuration, seed); records without a config: per cell id, else folder
                 "run": f"{key} seed={r.get('seed')}" if "config" in r else r.get("cell_id") or str(f.parent),
@@ -107,6 +111,12 @@ def configuration(r: dict) -> dict:
     return {**{k: v for k, v in flatten(d).items() if v is not None}, "data": data_source(c)}
 
 
+def notes(r: dict) -> dict:
+    """A record's NOTES, flattened ({'allocation.unit': 'code', ...}); {} where it has none."""
+    c = r.get("config") if isinstance(r.get("config"), dict) else {}
+    return {k: v for k, v in flatten({n: c[n] for n in NOTES if c.get(n) is not None}).items() if v is not None}
+
+
 def data_source(c: dict) -> str:
     """'hub', 'mirror' (QBENCH_DATA_DIR, at whatever path) or 'folder <task.data_dir>'."""
     task = c.get("task") or {}
@@ -121,10 +131,13 @@ def show(v) -> str:
 
 
 def field(df: pd.DataFrame, name: str) -> pd.Series:
-    """A record field (model, task, order, ...) or a dotted config key (train.lr) of every row."""
+    """A record field (model, task, order, ...), a dotted config key (train.lr) or a note (allocation.unit) of every
+    row."""
     if name in df.columns:
         return df[name]
     path = {v: k for k, v in ALIAS.items()}.get(name, name)
+    if path.split(".")[0] in NOTES:
+        return df["notes"].map(lambda n: show(n.get(path)))
     return df["config"].map(lambda c: show(c.get(path)))
 
 

@@ -246,6 +246,26 @@ def test_per_tensor_bits_are_one_field_in_the_label(tmp_path, capsys):
     assert "mds 2b (scheme.bits_by=*.embeddings.*:2,*.layer.*:4)" in out.out and "labelled by scheme.bits_by" in out.err
 
 
+def test_a_mixed_cell_budget_note_can_pick_and_place_its_records(tmp_path, capsys):
+    """allocation (the budget `qbench allocate` met) is no part of the configuration, yet --where and --rows read
+    it: two mixed cells from a code-bits and an effective-bits budget, one cell without the note (older records)."""
+    cells = []
+    for value, unit, by in ((0.83, "code", 4), (0.85, "effective", 3), (0.80, None, 2)):
+        r = record(value, 42)
+        r["config"]["scheme"]["bits_by"] = {"*.embeddings.*": 2, "*.layer.*": by}
+        if unit:
+            r["config"]["allocation"] = {"budget": 3.0, "unit": unit}
+        cells.append(r)
+    write(tmp_path, cells)
+    main(["table", str(tmp_path), "--where", "allocation.unit=effective", "--cols", "scheme"])
+    assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0  |"
+    main(["table", str(tmp_path), "--rows", "allocation.unit", "--cols", "scheme"])
+    out = capsys.readouterr()
+    assert out.out.splitlines()[2:] == ["| code              | 83.0  |", "| effective         | 85.0  |",
+                                        "| null              | 80.0  |"], out.out  # fmt: skip
+    assert load_records([tmp_path])["config"].map(lambda c: "allocation.unit" in c).sum() == 0  # not identity
+
+
 def diagnosis(cosine: float, quantized: bool) -> dict:
     """A hand-made `diagnosis` section (qbench.diagnose): FP part, and for a quantized record its part and ranges."""
     part = lambda c: {layer: {"mean_cosine": c, "effective_rank": 10 * (1 - c)} for layer in ("embedding", "middle",
