@@ -246,7 +246,7 @@ def pivot(df: pd.DataFrame, rows: list[str], cols: list[str]) -> tuple[pd.DataFr
     labels, used = split_labels(df, [*rows, "column"])
     df["column"] += labels
     order = df.assign(fp=df["scheme"] != "none").sort_values(["fp", "scheme", "bits", "column"])["column"].unique()
-    g = df.groupby([*rows, "column"])["value"]
+    g = df.groupby([*rows, "column"], dropna=False)["value"]  # an FP-only folder's rows have no order: keep them
     mean, std, n = (x.unstack("column").reindex(columns=list(order)) for x in (g.mean(), g.std(ddof=1), g.count()))
     mean.attrs["metrics"] = df.groupby("task")["metric"].first().to_dict()
     mean.attrs["split"] = used
@@ -336,6 +336,7 @@ def table(paths: list[str], rows: list[str], cols: list[str], fmt: str, digits: 
     if rows == ["task"]:
         out.insert(0, "metric", [metrics_by_task(mean).get(t, "") for t in out.index])
     out = out.reset_index()
+    out[out.columns[: len(rows)]] = out[out.columns[: len(rows)]].astype(object).fillna("–")  # FP: no order
     if fmt == "csv":
         return out.to_csv(index=False)
     if fmt == "latex":

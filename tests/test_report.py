@@ -178,6 +178,14 @@ def test_the_fp_fine_tune_is_shown_next_to_every_order(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[2] == "| sst2   | accuracy | 85.0 ± 1.4 | 70.0     |"
 
 
+def test_a_folder_of_fp_fine_tunes_alone_tabulates_by_order(tmp_path, capsys):
+    # FP records without quantized ones keep no order; the old code dropped their rows and printed an empty table
+    write(tmp_path, [record(0.86, 42, scheme="none", order="ptq"), record(0.84, 1, scheme="none", order="ptq")])
+    main(["table", str(tmp_path), "--rows", "task,order,seed"])
+    assert capsys.readouterr().out.splitlines()[2:] == ["| sst2   | –       | 1      | 84.0 |",
+                                                        "| sst2   | –       | 42     | 86.0 |"]  # fmt: skip
+
+
 def test_the_fp_fine_tune_belongs_to_every_qat_setting(tmp_path, capsys):
     """An FP record written by a sweep at one train.qat.lr is the FP of every QAT learning rate: one FP column, and
     --where train.qat.lr=... keeps it."""

@@ -34,6 +34,7 @@ def _summary_edges(runs: _Runs, m: int) -> np.ndarray:
     return np.unique(np.concatenate([q, u, g, n - g]))
 
 
+@np.errstate(over="ignore", invalid="ignore")  # |S1| > 1e154: inf squares and inf - inf sums, as on the numba path
 def _dp_start(runs: _Runs, k: int) -> np.ndarray | None:
     """Boundaries (k+1,) of the optimal clustering of a summary of the points into k runs (each summary run moves
     as a whole), or None if the summary has fewer than k runs. The SSE of a clustering is sum_sq - sum S1^2 / S0
