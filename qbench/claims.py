@@ -11,6 +11,7 @@ A claims file (YAML) lists claims; each names two arms by record fields, in the 
         a: {scheme: kmeans}
         b: {scheme: linear}           # a key set to null drops a shared condition (FP: {scheme: none, bits: null});
         direction: ">"                # 'majority' is the constant most-common-label predictor on a's examples
+                                      # (regression: the mean label, correlation 0)
         threshold: 0                  # optional: the claim is (a - b) > threshold ('<': a - b < threshold)
 
 Each arm must match one configuration (its seeds are the records). The metric is the task's main metric in the
@@ -183,14 +184,18 @@ def load_arm(df: pd.DataFrame, conds: tuple[str, ...]) -> Arm:
 
 
 def majority(arm: Arm) -> Arm:
-    """The constant predictor of the most common label (ties: the smaller) on arm's examples, at arm's seeds."""
-    if arm.metric not in ("accuracy", "f1", "matthews"):
+    """The constant predictor of the most common label (ties: the smaller) on arm's examples, at arm's seeds.
+    Regression (pearson, spearman): the mean label, a constant whose correlation scores 0 (`correlation`)."""
+    if arm.metric not in ("accuracy", "f1", "matthews", "pearson", "spearman"):
         raise QbenchError(f"majority: a constant predictor has no {arm.metric}; compare against another arm")
     out = Arm("majority", arm.metric, arm.keys)
     for s, cols in arm.data.items():
         labels, kinds = cols["label"], np.unique(cols["label"])
-        top = kinds[np.argmax([(labels == k).sum() for k in kinds])]
-        out.data[s] = {"label": labels, "prediction": np.full_like(labels, top)}
+        if arm.metric in ("pearson", "spearman"):
+            top = labels.astype(np.float64).mean()
+        else:
+            top = kinds[np.argmax([(labels == k).sum() for k in kinds])]
+        out.data[s] = {"label": labels, "prediction": np.full(len(labels), top)}
     return out
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 26's paper B studies, each quantizer's learned range at its own searched rate (train.qat.quantizer_lr):
-#   glue     MiniLM on SST-2 and MRPC at W-E-A 2-2-8 (conf/experiment/paper_b_glue_cpu.yaml)
+#   glue     MiniLM on SST-2 and STS-B at W-E-A 2-2-8 (conf/experiment/paper_b_glue_cpu.yaml; TASKS: the tasks,
+#            default "sst2 stsb"; MRPC's 2-2-8 cells sit at its constant predictor, results/paper_b_glue_cpu)
 #   smollm2  SmolLM2-135M on PTB (and WikiText-2) at 4-4-8, then 2-2-8 (conf/experiment/paper_b_smollm2_qlr.yaml)
 # Usage: bash scripts/paper_b_study.sh glue|smollm2 [STEP]  (no STEP: all steps of that study, in order). Every step
 # resumes: completed cells are skipped, and the searches' picks are re-read from their records. Every choice is made
@@ -23,17 +24,20 @@ if [[ $study == glue ]]; then
   G="$Q $X"
   SWEEP=results/sweeps/$STUDY
   GRID="${GRID:-1e-4,1e-3,1e-2,1e-1}"  # 1e-4 = the weights' rate (train=cpu); MiniLM 2-bit: γ ~ 2, α and s ~ 0.05
+  TASKS="${TASKS:-sst2 stsb}"
   if at 1; then  # 1. the FP cells (the cached fine-tunes, also the teachers), 3 seeds per task
-    $G scheme=none distill=none
+    for task in $TASKS; do
+      $G task=$task scheme=none distill=none
+    done
   fi
   if at 2; then  # 2. the quantizer_lr search per task: seed 42, no distillation, the full QAT stage (63 steps)
-    for task in sst2 mrpc; do
+    for task in $TASKS; do
       "$PY" scripts/quantizer_lr_search.py --grid $GRID --schemes pact,lsq,mds --last 10 \
         --out $SWEEP/quantizer_lr_$task.json -- $X task=$task seed=42 distill=none
     done
   fi
   if at 3; then  # 3. the grid: 4 distillations x 3 seeds per (task, scheme), each scheme at its task's pick
-    for task in sst2 mrpc; do
+    for task in $TASKS; do
       for scheme in pact lsq mds; do
         $G task=$task scheme=$scheme "train.qat.quantizer_lr=$(pick $SWEEP/quantizer_lr_$task.json $scheme)"
       done

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qbench.claims import Arm, compare, draws, holm, parse_claims, values, verdict, weighted_ranks
+from qbench.claims import Arm, compare, draws, holm, majority, parse_claims, values, verdict, weighted_ranks
 from qbench.cli import main
 from qbench.errors import QbenchError
 from qbench.tasks import metric
@@ -82,6 +82,27 @@ def test_one_seed_is_a_bootstrap_over_examples():
     labels = rng.integers(0, 2, 400)
     r, v = result(synthetic("a", labels, {42: 0.9}, rng), synthetic("b", labels, {42: 0.7}, rng))
     assert r["seeds"] == "1" and v == "holds" and r["high"] - r["low"] > 0
+
+
+def test_majority_of_a_regression_arm_is_a_constant_at_correlation_zero():
+    """STS-B's baseline: the constant predictor (the mean label) scores 0; an arm that tracks the labels beats it,
+    one that does not ties with it. Classification: the most common label, as before."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 26, 500) / 5.0  # STS-B-like scores 0..5
+    tracks = Arm("a", "spearman", list(range(500)), {s: {"label": y, "prediction": y + rng.normal(0, 2, 500)}
+                                                        for s in (1, 2, 3)})  # fmt: skip
+    noise = Arm("n", "spearman", tracks.keys, {s: {"label": y, "prediction": rng.normal(size=500)} for s in (1, 2, 3)})
+    const = majority(tracks)
+    assert [len(np.unique(c["prediction"])) for c in const.data.values()] == [1, 1, 1]
+    assert const.data[1]["prediction"][0] == pytest.approx(y.mean())
+    r, v = result(tracks, const)
+    assert r["mean_b"] == 0.0 and v == "holds" and r["effect"] == pytest.approx(r["mean_a"]) and r["low"] > 20
+    assert result(noise, majority(noise))[1] == "not enough evidence"
+    labels = np.array([0, 1, 1, 1])
+    cls = Arm("c", "accuracy", [0, 1, 2, 3], {7: {"label": labels, "prediction": labels}})
+    assert majority(cls).data[7]["prediction"].tolist() == [1, 1, 1, 1]
+    with pytest.raises(QbenchError, match="constant predictor has no perplexity"):
+        majority(Arm("lm", "perplexity", [0], {1: {"nll": np.ones(1), "scored": np.ones(1), "correct": np.ones(1)}}))
 
 
 def test_pairing_over_seeds_tightens_the_interval():
