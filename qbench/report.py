@@ -391,30 +391,36 @@ def plot(paths: list[str], out: str) -> list[Path]:
 def loss_plots(df: pd.DataFrame, out: str, plt) -> list[Path]:
     """The training loss curves (the records' training.<stage>.loss_curve, as logged every train.logging_steps; with
     distillation its task loss alone, task_loss_curve, so that every line is the same cross-entropy):
-    one panel per task, a line per configuration's last training stage (QAT for a quantized cell; the FP fine-tune,
-    dashed gray), seeds as separate lines. None when no record logged a curve."""
+    a column per task, a row per kind of cell (the FP fine-tunes; the quantized cells, each by its last stage, QAT),
+    so that a short QAT stage is not drawn at the scale of a long fine-tune; a line per configuration and seed.
+    None when no record logged a curve."""
     df = df[df["curves"].map(bool)]
     if df.empty:
         return []
     tasks = sorted(df["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.8), squeeze=False)
+    kinds = [(k, title) for k, title in ((True, "FP fine-tune"), (False, "quantized, last stage"))
+             if (df["scheme"].eq("none") == k).any()]  # fmt: skip
+    fig, axes = plt.subplots(len(kinds), len(tasks), figsize=(5.0 * len(tasks), 3.8 * len(kinds)), squeeze=False)
     color = line_colors(df[df["scheme"] != "none"])
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for _, r in df[df["task"] == task].sort_values(["series", "seed"]).iterrows():
-            curve = list(r["curves"].values())[-1]  # qat after full_precision: the cell's own training
-            fp, series = r["scheme"] == "none", r["series"]
-            name = FP if fp else series if re.search(r" \d+-\d+-\d+", series) else f"{series} {r['bits']}b"  # W-E-A
-            steps, losses = zip(*curve, strict=True)
-            ax.plot(steps, losses, color="gray" if fp else color[series], linestyle="--" if fp else "-", label=name,
-                    linewidth=1.2)  # fmt: skip
-        ax.set_title(f"{task}: training loss")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 3, 4, 6, 10: not 6x10^0
-            axis(plt.matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.grid(alpha=0.3)
-        handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-        ax.legend(handles.values(), handles.keys(), fontsize=7)
+    for row, (fp, title) in zip(axes, kinds, strict=True):
+        for ax, task in zip(row, tasks, strict=True):
+            cells = df[(df["task"] == task) & df["scheme"].eq("none").eq(fp)]
+            for _, r in cells.sort_values(["series", "seed"]).iterrows():
+                curve = list(r["curves"].values())[-1]  # qat after full_precision: the cell's own training
+                series = r["series"]
+                name = FP if fp else series if re.search(r" \d+-\d+-\d+", series) else f"{series} {r['bits']}b"
+                steps, losses = zip(*curve, strict=True)
+                ax.plot(steps, losses, color="gray" if fp else color[series], linestyle="--" if fp else "-",
+                        label=name, linewidth=1.2)  # fmt: skip
+            ax.set_title(f"{task}: training loss, {title}")
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 3, 4, 6, 10: not 6x10^0
+                axis(plt.matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.grid(alpha=0.3)
+            handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+            if handles:
+                ax.legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     return save(fig, f"{out}_loss", plt)
 

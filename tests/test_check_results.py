@@ -79,7 +79,8 @@ def test_a_hand_edited_cell_fails_with_its_diff(repo, capsys):
 
 def test_a_failing_command_fails(repo, capsys):
     (repo / "results" / "toy" / "README.md").write_text(
-        readme("qbench table results/toy --where scheme=nf4 --out results/toy/table.md"))
+        readme("qbench table results/toy --where scheme=nf4 --out results/toy/table.md")
+    )
     code, out = run(repo, capsys)
     assert code == 1 and "command failed" in out and "no record matches --where scheme=nf4" in out
 

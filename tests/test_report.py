@@ -343,7 +343,8 @@ def test_table_values_another_split_and_homogeneity(tmp_path, capsys):
 
 
 def test_plot_draws_the_task_loss_curves(tmp_path):
-    """One line per record's last training stage; distillation records contribute their task loss alone."""
+    """One line per record's last training stage, FP fine-tunes and quantized cells in panels of their own;
+    distillation records contribute their task loss alone."""
     fp, plain, kd = record(0.86, 42, scheme="none"), record(0.80, 42), record(0.82, 42, lr=1e-4)
     fp["training"] = {"full_precision": {"loss_curve": [[1, 3.0], [2, 2.5]]}}
     plain["training"] = {"full_precision": {"loss_curve": [[1, 3.0]]}, "qat": {"loss_curve": [[1, 5.0], [2, 4.0]]}}
@@ -356,4 +357,9 @@ def test_plot_draws_the_task_loss_curves(tmp_path):
                       0.82: {"qat": [[1, 4.5], [2, 3.5]]}}  # fmt: skip
     main(["plot", str(tmp_path / "records"), "--out", str(tmp_path / "study")])
     svg = (tmp_path / "study_loss.svg").read_text()
-    assert "sst2: training loss" in svg and "train.lr=0.0001" in svg and "FP" in svg
+    assert "sst2: training loss, FP fine-tune" in svg and "sst2: training loss, quantized, last stage" in svg
+    assert "train.lr=0.0001" in svg and "FP" in svg
+    write(tmp_path / "qat", [plain, kd])  # quantized cells alone: one row
+    main(["plot", str(tmp_path / "qat"), "--out", str(tmp_path / "qat_only")])
+    svg = (tmp_path / "qat_only_loss.svg").read_text()
+    assert "quantized, last stage" in svg and "FP fine-tune" not in svg

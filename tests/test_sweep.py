@@ -167,7 +167,7 @@ def test_a_null_quantizer_lr_keeps_the_committed_cell_ids(data_dir):
 
 
 def test_issue_26_experiments_compose_to_valid_cells():
-    """paper_b_glue_cpu (MiniLM 2-2-8 on SST-2 and MRPC) starts from train=cpu's cached FP fine-tune;
+    """paper_b_glue_cpu (MiniLM 2-2-8 on SST-2 and STS-B) starts from train=cpu's cached FP fine-tune;
     paper_b_smollm2_qlr trains 4x paper_b_smollm2's 25 QAT steps, each block once; both take a quantizer_lr for
     pact/lsq/mds only."""
     import pytest
@@ -181,7 +181,7 @@ def test_issue_26_experiments_compose_to_valid_cells():
     with initialize_config_module("qbench.conf", version_base="1.3"):
         glue = compose("config", overrides=["+experiment=paper_b_glue_cpu"], return_hydra_config=True)
         grid = {k: v.split(",") for k, v in glue.hydra.sweeper.params.items()}
-        assert grid == {"task": ["sst2", "mrpc"], "scheme": ["pact", "lsq", "laq", "mds"],
+        assert grid == {"task": ["sst2", "stsb"], "scheme": ["pact", "lsq", "laq", "mds"],
                         "distill": ["none", "kd", "tcd", "kd_tcd"], "seed": ["42", "1", "2"]}  # fmt: skip
         for task in grid["task"]:  # the FP fine-tune of paper A's CPU study (train=cpu): the same cache entry
             fp = compose("config", overrides=["+experiment=paper_a_glue_cpu", "scheme=none", f"task={task}"])
