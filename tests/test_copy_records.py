@@ -1,0 +1,42 @@
+"""scripts/copy_records.sh: every cell, or a quantizer-rate search split from the grid it chose."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "copy_records.sh"
+
+
+def copy(src: Path, dst: Path, *args: str) -> list[str]:
+    subprocess.run(["bash", str(SCRIPT), str(src), str(dst), *args], check=True, capture_output=True,
+                   env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})  # fmt: skip
+    return sorted(p.name for p in dst.iterdir())
+
+
+def test_search_and_grid_split(tmp_path):
+    src = tmp_path / "sweep"
+    cells = ["m-stsb-none-s42-a", "m-stsb-pact-b2-s42-lo", "m-stsb-pact-b2-s42-hi", "m-stsb-pact-b2-s1-hi",
+             "m-stsb-laq-b2-s42-x", "m-sst2-pact-b2-s42-y"]  # fmt: skip
+    for c in cells:
+        (src / c).mkdir(parents=True)
+        (src / c / "record.json").write_text("{}")
+    (src / "m-stsb-none-s42-a" / "predictions.jsonl").write_text("{}\n")
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"picks": {"pact": 0.01}, "overrides": ["study=s", "task=stsb"], "candidates": [
+        {"scheme": "pact", "quantizer_lr": 0.001, "cell_id": "m-stsb-pact-b2-s42-lo"},
+        {"scheme": "pact", "quantizer_lr": 0.01, "cell_id": "m-stsb-pact-b2-s42-hi"}]}))  # fmt: skip
+    assert copy(src, tmp_path / "all") == sorted(cells)
+    assert copy(src, tmp_path / "s", "--search", str(search), "search") == ["m-stsb-pact-b2-s42-hi",
+                                                                             "m-stsb-pact-b2-s42-lo"]  # fmt: skip
+    # the grid: the search's task, without the rates it did not pick; the FP cell keeps its predictions
+    assert copy(src, tmp_path / "g", "--search", str(search), "grid") == [
+        "m-stsb-laq-b2-s42-x", "m-stsb-none-s42-a", "m-stsb-pact-b2-s1-hi", "m-stsb-pact-b2-s42-hi"]  # fmt: skip
+    assert (tmp_path / "g" / "m-stsb-none-s42-a" / "predictions.jsonl").is_file()
+    bad = subprocess.run(
+        ["bash", str(SCRIPT), str(src), str(tmp_path / "b"), "--search", str(search), "picks"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
+    assert bad.returncode != 0 and "valid: search, grid" in bad.stderr and not (tmp_path / "b").exists()
