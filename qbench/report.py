@@ -397,14 +397,14 @@ def loss_plots(df: pd.DataFrame, out: str, plt) -> list[Path]:
     df = df[df["curves"].map(bool)]
     if df.empty:
         return []
-    tasks = sorted(df["task"].unique())
+    tasks, is_fp = sorted(df["task"].unique()), df["scheme"].eq("none")
     kinds = [(k, title) for k, title in ((True, "FP fine-tune"), (False, "quantized, last stage"))
-             if (df["scheme"].eq("none") == k).any()]  # fmt: skip
+             if (is_fp == k).any()]  # fmt: skip
     fig, axes = plt.subplots(len(kinds), len(tasks), figsize=(5.0 * len(tasks), 3.8 * len(kinds)), squeeze=False)
-    color = line_colors(df[df["scheme"] != "none"])
+    color = line_colors(df[~is_fp])
     for row, (fp, title) in zip(axes, kinds, strict=True):
         for ax, task in zip(row, tasks, strict=True):
-            cells = df[(df["task"] == task) & df["scheme"].eq("none").eq(fp)]
+            cells = df[(df["task"] == task) & (is_fp == fp)]
             for _, r in cells.sort_values(["series", "seed"]).iterrows():
                 curve = list(r["curves"].values())[-1]  # qat after full_precision: the cell's own training
                 series = r["series"]
