@@ -53,8 +53,9 @@ elif [[ $study == smollm2 ]]; then
   if at 1; then  # 1. FP fine-tunes (the teachers), 3 seeds
     $S scheme=none distill=none seed=42,1,2
   fi
-  if at 2; then  # 2. the quantizer_lr search at 4-4-8: seed 42, no distillation, 100 QAT steps
-    "$PY" scripts/quantizer_lr_search.py --grid $GRID --schemes pact,lsq,mds --last 10 \
+  if at 2; then  # 2. the quantizer_lr search at 4-4-8: seed 42, no distillation, 100 QAT steps; a pick on the
+    # grid's edge is extended past it (up to 2 rates; a later run of this step resumes there)
+    "$PY" scripts/quantizer_lr_search.py --grid $GRID --extend 2 --schemes pact,lsq,mds --last 10 \
       --out $SWEEP/quantizer_lr_b4.json -- $X seed=42 distill=none
   fi
   if at 3; then  # 3. the 4-4-8 grid, seed 42, each scheme at its pick
@@ -75,7 +76,7 @@ elif [[ $study == smollm2 ]]; then
   if at 5; then  # 5. 2-2-8 for the best two: their schemes' rates searched again at 2 bits, then seed 42
     learned=$(best2 | awk '$1 != "laq" {print $1}' | sort -u | paste -sd, -)
     if [[ -n $learned ]]; then
-      "$PY" scripts/quantizer_lr_search.py --grid $GRID --schemes "$learned" --last 10 \
+      "$PY" scripts/quantizer_lr_search.py --grid $GRID --extend 2 --schemes "$learned" --last 10 \
         --out $SWEEP/quantizer_lr_b2.json -- $X seed=42 distill=none bits=2
     fi
     best2 | while read -r scheme distill; do

@@ -11,8 +11,12 @@ and writes --out (JSON): the picks and every candidate with its score and how fa
     python scripts/quantizer_lr_search.py --out results/sweeps/paper_b_glue_cpu_qlr/sst2.json \\
         --grid 1e-4,1e-3,1e-2,1e-1 --schemes pact,lsq,mds -- \\
         +experiment=paper_b_glue_cpu task=sst2 seed=42 distill=none study=paper_b_glue_cpu_qlr
+--extend N: a pick on the edge of the rates tried (the lowest or the highest) says the best rate may lie beyond it; up
+to N times per scheme, the next rate past that edge is run (the grid's first or last step continued: 1e-3,3e-3,1e-2,
+3e-2 goes on to 3e-4 below and 1e-1 above) and the scheme picked again.
 --select-only scores the cells already there without running anything (--records DIR: the cells of a committed
-study folder, e.g. results/paper_b_glue_cpu, so that its JSON rebuilds from the records).
+study folder, e.g. results/paper_b_glue_cpu, so that its JSON rebuilds from the records; with --extend, the same
+extensions are looked for, and a missing one scores inf).
 """
 
 from __future__ import annotations
@@ -37,22 +41,35 @@ def final_loss(record: dict | None, last: int) -> float:
     return sum(losses) / len(losses) if losses else math.inf
 
 
-def cell_dirs(overrides: list[str], schemes: list[str], grid: list[float],
-              records: Path | None = None) -> dict[tuple[str, float], Path]:  # fmt: skip
-    """{(scheme, rate): the run folder its multirun writes} (results/sweeps/<study>/<cell id>; records/<cell id> when
-    `records` is given, e.g. a committed study folder), from the composed configs."""
-    from hydra import compose, initialize_config_module
+def cell_dir(overrides: list[str], scheme: str, lr: float, records: Path | None = None) -> Path:
+    """The run folder of (scheme, rate) (results/sweeps/<study>/<cell id>; records/<cell id> when `records` is given,
+    e.g. a committed study folder), from the composed config. Call inside initialize_config_module("qbench.conf")."""
+    from hydra import compose
 
     import qbench.cli  # noqa: F401  (the cell_id resolver)
     from qbench.sweep import cell_id
 
-    out = {}
-    with initialize_config_module("qbench.conf", version_base="1.3"):
-        for scheme in schemes:
-            for lr in grid:
-                cfg = compose("config", overrides=[*overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={lr}"])
-                out[scheme, lr] = (records or REPO / "results" / "sweeps" / cfg.study) / cell_id(cfg)
-    return out
+    cfg = compose("config", overrides=[*overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={lr}"])
+    return (records or REPO / "results" / "sweeps" / cfg.study) / cell_id(cfg)
+
+
+def pick(scored: list[tuple[float, float]]) -> float | None:
+    """The rate of the lowest (score, rate) pair (ties: the smaller rate); None when every score is inf."""
+    best = min(scored, default=(math.inf, math.nan))
+    return best[1] if math.isfinite(best[0]) else None
+
+
+def step_past(rates: list[float], up: bool) -> float | None:
+    """The rate one step past the highest (up) or lowest of `rates`, continuing the grid's step two back from that edge
+    (a 1-3 grid alternates x3 and x3.33): [1e-3, 3e-3, 1e-2, 3e-2] -> 0.1 up, 3e-4 down; None for one rate."""
+    r = sorted(rates)
+    if len(r) < 2:
+        return None
+    if up:
+        step = r[-2] / r[-3] if len(r) >= 3 else r[-1] / r[-2]
+        return float(f"{r[-1] * step:.6g}")
+    step = r[2] / r[1] if len(r) >= 3 else r[1] / r[0]
+    return float(f"{r[0] / step:.6g}")
 
 
 def read(path: Path) -> dict | None:
@@ -68,6 +85,7 @@ def main() -> None:
     ap.add_argument("--schemes", default="pact,lsq,mds")
     ap.add_argument("--last", type=int, default=10, help="logged QAT steps averaged for the score")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--extend", type=int, default=0, help="at most this many rates past an edge pick, per scheme")
     ap.add_argument("--select-only", action="store_true", help="score the cells already run; run nothing")
     ap.add_argument("--records", type=Path, help="with --select-only: read the cells from this folder (a committed "
                     "study) instead of results/sweeps/<study>")  # fmt: skip
@@ -76,25 +94,45 @@ def main() -> None:
     grid, schemes = [float(x) for x in a.grid.split(",")], a.schemes.split(",")
     if a.records and not a.select_only:
         ap.error("--records reads committed cells: use it with --select-only")
-    dirs = cell_dirs(a.overrides, schemes, grid, a.records)
-    if not a.select_only:
-        qbench = os.environ.get("QBENCH", f"{sys.executable} -m qbench.cli").split()
-        for scheme in schemes:
-            cmd = [*qbench, "run", "-m", *a.overrides, f"scheme={scheme}", f"train.qat.quantizer_lr={a.grid}"]
+    qbench = os.environ.get("QBENCH", f"{sys.executable} -m qbench.cli").split()
+
+    def run(scheme: str, rates: list[float]) -> None:
+        if not a.select_only:
+            cmd = [*qbench, "run", "-m", *a.overrides, f"scheme={scheme}",
+                   "train.qat.quantizer_lr=" + ",".join(f"{lr:g}" for lr in rates)]  # fmt: skip
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             subprocess.run(cmd, cwd=REPO, check=True)
-    candidates = []
-    for (scheme, lr), path in dirs.items():
+
+    def candidate(scheme: str, lr: float) -> dict:
+        path = cell_dir(a.overrides, scheme, lr, a.records)
         r = read(path)
         moves = ((r or {}).get("diagnosis") or {}).get("range_moves") or {}
-        candidates.append({"scheme": scheme, "quantizer_lr": lr, "final_loss": final_loss(r, a.last),
-                           "cell_id": path.name, "status": (r or {}).get("status", "missing"),
-                           "range_moves": moves})  # fmt: skip
+        return {"scheme": scheme, "quantizer_lr": lr, "final_loss": final_loss(r, a.last), "cell_id": path.name,
+                "status": (r or {}).get("status", "missing"), "range_moves": moves}  # fmt: skip
+
+    from hydra import initialize_config_module
+
+    candidates = []
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        for scheme in schemes:
+            run(scheme, grid)
+            mine = [candidate(scheme, lr) for lr in grid]
+            for _ in range(a.extend):
+                rates = [c["quantizer_lr"] for c in mine]
+                best = pick([(c["final_loss"], c["quantizer_lr"]) for c in mine])
+                if best is None or min(rates) < best < max(rates):
+                    break
+                nxt = step_past(rates, up=best == max(rates))
+                if nxt is None:
+                    break
+                run(scheme, [nxt])
+                mine.append(candidate(scheme, nxt))
+            candidates += sorted(mine, key=lambda c: c["quantizer_lr"])
     picks = {}
     for scheme in schemes:
-        mine = sorted((c["final_loss"], c["quantizer_lr"]) for c in candidates if c["scheme"] == scheme)
-        if mine and math.isfinite(mine[0][0]):
-            picks[scheme] = mine[0][1]
+        best = pick([(c["final_loss"], c["quantizer_lr"]) for c in candidates if c["scheme"] == scheme])
+        if best is not None:
+            picks[scheme] = best
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"picks": picks, "last": a.last, "overrides": a.overrides,
                                  "candidates": candidates}, indent=1) + "\n")  # fmt: skip
