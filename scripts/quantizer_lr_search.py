@@ -53,6 +53,12 @@ def cell_dir(overrides: list[str], scheme: str, lr: float, records: Path | None 
     return (records or REPO / "results" / "sweeps" / cfg.study) / cell_id(cfg)
 
 
+def rate_override(rates: list[float]) -> str:
+    """The multirun override of `rates`, each written as cell_dir composes it: a float stays a float (1.0, not 1,
+    whose int would be another config and so another cell id)."""
+    return "train.qat.quantizer_lr=" + ",".join(str(float(lr)) for lr in rates)
+
+
 def pick(scored: list[tuple[float, float]]) -> float | None:
     """The rate of the lowest (score, rate) pair (ties: the smaller rate); None when every score is inf."""
     best = min(scored, default=(math.inf, math.nan))
@@ -98,8 +104,7 @@ def main() -> None:
 
     def run(scheme: str, rates: list[float]) -> None:
         if not a.select_only:
-            cmd = [*qbench, "run", "-m", *a.overrides, f"scheme={scheme}",
-                   "train.qat.quantizer_lr=" + ",".join(f"{lr:g}" for lr in rates)]  # fmt: skip
+            cmd = [*qbench, "run", "-m", *a.overrides, f"scheme={scheme}", rate_override(rates)]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             subprocess.run(cmd, cwd=REPO, check=True)
 

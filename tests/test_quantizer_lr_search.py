@@ -71,3 +71,20 @@ def test_an_edge_pick_is_extended_once_the_records_show_the_next_rate(tmp_path, 
     assert [(c["quantizer_lr"], c["status"]) for c in ext["candidates"][-2:]] == [(0.03, "completed"),
                                                                                   (0.1, "missing")]  # fmt: skip
     assert ext["candidates"][-1]["final_loss"] == math.inf
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_the_cells_run_are_the_cells_read():
+    """The multirun's rate override composes the same cell ids that the scoring reads (1.0 stayed an int with '%g',
+    and the search then read a missing cell for a rate it had run)."""
+    from hydra import compose, initialize_config_module
+
+    import qbench.cli  # noqa: F401  (the cell_id resolver)
+    from qbench.sweep import cell_id
+
+    rates = [1e-5, 3e-4, 0.1, 1.0]
+    value = search.rate_override(rates).split("=", 1)[1]
+    with initialize_config_module("qbench.conf", version_base="1.3"):
+        for lr, text in zip(rates, value.split(","), strict=True):
+            run = compose("config", overrides=[*OVERRIDES, "scheme=mds", f"train.qat.quantizer_lr={text}"])
+            assert search.cell_dir(OVERRIDES, "mds", lr).name == cell_id(run)
