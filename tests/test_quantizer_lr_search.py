@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, qbench_env
 
 SCRIPT = REPO / "scripts" / "quantizer_lr_search.py"
@@ -31,7 +29,7 @@ def test_pick_lowest_score_smaller_rate_on_ties_none_when_all_failed():
     assert search.pick([(math.inf, 1e-3), (math.inf, 1e-2)]) is None and search.pick([]) is None
 
 
-def fake_records(folder: Path, losses: dict[float, float], data_dir: Path) -> None:
+def fake_records(folder: Path, losses: dict[float, float]) -> None:
     """One completed MDS cell per rate, named by its real cell id, whose QAT loss curve ends at `losses[rate]`."""
     from hydra import initialize_config_module
 
@@ -52,10 +50,10 @@ def select(folder: Path, extend: int, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.usefixtures("data_dir")
-def test_an_edge_pick_is_extended_once_the_records_show_the_next_rate(tmp_path, data_dir):
+def test_an_edge_pick_is_extended_once_the_records_show_the_next_rate(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))  # the cell ids name the data: compose here as the script does
     # the loss falls up to the grid's top (1e-2); 3e-2, one step past it, is worse: the pick stays 1e-2, now inside
-    fake_records(tmp_path / "r", {1e-3: 3.9, 3e-3: 3.8, 1e-2: 3.7, 3e-2: 3.75}, data_dir)
+    fake_records(tmp_path / "r", {1e-3: 3.9, 3e-3: 3.8, 1e-2: 3.7, 3e-2: 3.75})
     plain = select(tmp_path / "r", 0, tmp_path / "plain.json")
     assert plain["picks"] == {"mds": 0.01} and [c["quantizer_lr"] for c in plain["candidates"]] == [1e-3, 3e-3, 1e-2]
     ext = select(tmp_path / "r", 2, tmp_path / "ext.json")
@@ -73,8 +71,7 @@ def test_an_edge_pick_is_extended_once_the_records_show_the_next_rate(tmp_path, 
     assert ext["candidates"][-1]["final_loss"] == math.inf
 
 
-@pytest.mark.usefixtures("data_dir")
-def test_the_cells_run_are_the_cells_read():
+def test_the_cells_run_are_the_cells_read(data_dir, monkeypatch):
     """The multirun's rate override composes the same cell ids that the scoring reads (1.0 stayed an int with '%g',
     and the search then read a missing cell for a rate it had run)."""
     from hydra import compose, initialize_config_module
@@ -82,6 +79,7 @@ def test_the_cells_run_are_the_cells_read():
     import qbench.cli  # noqa: F401  (the cell_id resolver)
     from qbench.sweep import cell_id
 
+    monkeypatch.setenv("QBENCH_DATA_DIR", str(data_dir))
     rates = [1e-5, 3e-4, 0.1, 1.0]
     value = search.rate_override(rates).split("=", 1)[1]
     with initialize_config_module("qbench.conf", version_base="1.3"):
