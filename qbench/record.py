@@ -97,6 +97,16 @@ def read_record(path: Path) -> dict:
     raise DamagedRecord(f"{path}: damaged record ({problem})")
 
 
+def final_task_loss(record: dict | None, last: int) -> float:
+    """Mean task loss of a QAT record's last `last` logged steps (with distillation its task part, task_loss_curve):
+    the score the studies pick quantizer rates and configurations on. inf for a missing or failed cell."""
+    if not record or record.get("status") != "completed":
+        return math.inf
+    qat = record["training"]["qat"]
+    losses = [loss for _, loss in qat.get("task_loss_curve") or qat["loss_curve"]][-last:]
+    return sum(losses) / len(losses) if losses else math.inf
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:

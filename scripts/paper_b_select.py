@@ -2,9 +2,9 @@
 on test perplexity):
 --pick lr      the MDS 4-4-8 learning rate (train.qat.lr) whose QAT ends with the lowest mean loss of its last 5 steps;
 --pick best2   the two 4-4-8 configurations (scheme, distill) at --lr with the lowest such loss, one per line;
---pick best2q  the two configurations (scheme, distill) at --bits and seed 42 with the lowest such loss, each scheme at
-               its searched train.qat.quantizer_lr (--picks, the JSON of scripts/quantizer_lr_search.py; a scheme
-               without a pick, LAQ, at null).
+--pick best2q  the two configurations (scheme, distill) at --bits and seed 42 with the lowest mean loss of their last
+               --last steps (default 10: the score of scripts/quantizer_lr_search.py), each scheme at its searched
+               train.qat.quantizer_lr (--picks, that script's JSON; a scheme without a pick, LAQ, at null).
 With KD + TCD the logged loss is the distillation objective; the comparison uses its task loss (task_loss_curve)."""
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def final_task_loss(r: dict, last: int = 5) -> float:
-    """Mean task (cross-entropy) loss of the last `last` logged QAT steps."""
-    qat = r["training"]["qat"]
-    losses = [loss for _, loss in qat.get("task_loss_curve") or qat["loss_curve"]][-last:]
-    return sum(losses) / len(losses)
+from qbench.record import final_task_loss
 
 
 def best_two(sweep: Path, picks: dict[str, float], bits: int, last: int) -> list[tuple[str, str]]:
@@ -42,7 +37,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--picks", type=Path, help="best2q: scripts/quantizer_lr_search.py's --out")
     ap.add_argument("--bits", type=int, default=4)
-    ap.add_argument("--last", type=int, default=5, help="best2q: logged steps of the score")
+    ap.add_argument("--last", type=int, default=10, help="best2q: logged steps of the score (the search's --last)")
     a = ap.parse_args()
     if a.pick == "best2q":
         for scheme, distill in best_two(Path(a.sweep), json.loads(a.picks.read_text())["picks"], a.bits, a.last):
@@ -54,7 +49,7 @@ def main() -> None:
         if r.get("status") != "completed" or r["scheme"]["name"] == "none" or r["scheme"].get("bits") != 4:
             continue
         lr, distill = r["config"]["train"]["qat"]["lr"], (r.get("distill") or {}).get("name", "none")
-        cells.append((final_task_loss(r), r["scheme"]["name"], distill, lr))
+        cells.append((final_task_loss(r, 5), r["scheme"]["name"], distill, lr))
     if a.pick == "lr":
         print(min(c for c in cells if c[1] == "mds" and c[2] == "none")[3])
     else:

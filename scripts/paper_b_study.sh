@@ -64,7 +64,7 @@ elif [[ $study == smollm2 ]]; then
     done
     $S scheme=laq
   fi
-  best2() { "$PY" scripts/paper_b_select.py $SWEEP --pick best2q --bits 4 --picks $SWEEP/quantizer_lr_b4.json; }
+  best2() { "$PY" scripts/paper_b_select.py $SWEEP --pick best2q --bits 4 --last 10 --picks $SWEEP/quantizer_lr_b4.json; }
   qlr() {  # the train.qat.quantizer_lr override of scheme $1 from picks file $2 (none for LAQ)
     [[ $1 == laq ]] || echo "train.qat.quantizer_lr=$(pick "$2" "$1")"
   }

@@ -29,16 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qbench.record import final_task_loss
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def final_loss(record: dict | None, last: int) -> float:
-    """Mean task loss of the last `last` logged QAT steps; inf for a missing or failed cell."""
-    if not record or record.get("status") != "completed":
-        return math.inf
-    qat = record["training"]["qat"]
-    losses = [loss for _, loss in qat.get("task_loss_curve") or qat["loss_curve"]][-last:]
-    return sum(losses) / len(losses) if losses else math.inf
 
 
 def cell_dir(overrides: list[str], scheme: str, lr: float, records: Path | None = None) -> Path:
@@ -112,7 +105,7 @@ def main() -> None:
         path = cell_dir(a.overrides, scheme, lr, a.records)
         r = read(path)
         moves = ((r or {}).get("diagnosis") or {}).get("range_moves") or {}
-        return {"scheme": scheme, "quantizer_lr": lr, "final_loss": final_loss(r, a.last), "cell_id": path.name,
+        return {"scheme": scheme, "quantizer_lr": lr, "final_loss": final_task_loss(r, a.last), "cell_id": path.name,
                 "status": (r or {}).get("status", "missing"), "range_moves": moves}  # fmt: skip
 
     from hydra import initialize_config_module

@@ -3,11 +3,12 @@ sweeps run a cell with a damaged record again, tables skip it with one warning l
 
 import json
 import logging
+import math
 
 import pytest
 
 from qbench.cli import main
-from qbench.record import DamagedRecord, read_record, write_json_atomic
+from qbench.record import DamagedRecord, final_task_loss, read_record, write_json_atomic
 from qbench.sweep import completed
 from tests.conftest import REPO
 from tests.damage import DAMAGES
@@ -76,3 +77,13 @@ def test_table_and_plot_skip_a_damaged_record_with_one_warning(tmp_path, capsys,
     assert len(warnings) == 1 and str(tmp_path / "bad" / "record.json") in warnings[0], captured.err
     if command == "table":
         assert "kmeans" in captured.out and "linear" not in captured.out and good.is_file()
+
+
+def test_final_task_loss_is_the_mean_of_the_last_steps_task_loss_inf_when_missing():
+    qat = {"loss_curve": [[1, 9.0], [2, 4.0], [3, 2.0]], "task_loss_curve": [[1, 5.0], [2, 3.0], [3, 1.0]]}
+    done = {"status": "completed", "training": {"qat": qat}}
+    assert final_task_loss(done, 2) == 2.0  # the task part, not the distillation objective
+    assert final_task_loss({**done, "training": {"qat": {"loss_curve": qat["loss_curve"]}}}, 2) == 3.0
+    assert final_task_loss(done, 10) == 3.0  # fewer steps than asked: all of them
+    assert final_task_loss({**done, "status": "failed"}, 2) == math.inf
+    assert final_task_loss(None, 2) == math.inf
