@@ -51,6 +51,7 @@ from qbench.report import PERCENT, distinguishing, load_records, where
 
 ALPHA, RESAMPLES, SEED = 0.05, 10_000, 0
 CHUNK = 1000  # replicates drawn at a time: (CHUNK, examples) weight matrices
+REGRESSION = ("pearson", "spearman")  # metrics of a score, not a class
 KEYS = ("idx", "window", "dialog", "turn")  # what identifies an example in predictions.jsonl (kind by kind)
 LM = ("perplexity", "loss", "token_accuracy")  # from per-window sums: nll, scored, correct
 CLAIM_KEYS = {"label", "each", "where", "a", "b", "direction", "threshold", "kind", "x", "y"}
@@ -92,10 +93,13 @@ class Arm:
     def seeds(self) -> list[int]:
         return sorted(self.data)
 
-    def one_class(self, seeds: list[int]) -> bool:
-        """Every seed's predictions take one value (a collapsed classifier)."""
+    def collapsed(self, seeds: list[int]) -> str:
+        """'one class' where every seed's predictions take one value (a collapsed classifier), 'constant' for a
+        regression (pearson, spearman: a single score), else ''."""
         cols = [self.data[s] for s in seeds]
-        return all("prediction" in c and len(np.unique(c["prediction"])) == 1 for c in cols)
+        if not all("prediction" in c and len(np.unique(c["prediction"])) == 1 for c in cols):
+            return ""
+        return "constant" if self.metric in REGRESSION else "one class"
 
 
 # ---- claims files ----
@@ -191,7 +195,7 @@ def majority(arm: Arm) -> Arm:
     out = Arm("majority", arm.metric, arm.keys)
     for s, cols in arm.data.items():
         labels, kinds = cols["label"], np.unique(cols["label"])
-        if arm.metric in ("pearson", "spearman"):
+        if arm.metric in REGRESSION:
             top = labels.astype(np.float64).mean()
         else:
             top = kinds[np.argmax([(labels == k).sum() for k in kinds])]
@@ -294,7 +298,7 @@ def compare(a: Arm, b: Arm, threshold: float = 0.0, resamples: int = RESAMPLES, 
     low, high = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     seeds = f"{len(common)} paired" if len(common) > 1 else "1" if common else f"{len(sa)} | {len(sb)} unpaired"
     return {"mean_a": mean_a, "mean_b": mean_b, "effect": mean_a - mean_b, "low": float(low), "high": float(high),
-            "p": p, "seeds": seeds, "one_class": (a.one_class(sa), b.one_class(sb))}  # fmt: skip
+            "p": p, "seeds": seeds, "collapsed": (a.collapsed(sa), b.collapsed(sb))}  # fmt: skip
 
 
 def correlate(df: pd.DataFrame, claim: Claim, resamples: int, alpha: float, rng: np.random.Generator) -> dict:
@@ -374,9 +378,9 @@ def check(paths: list[str], claims_file: str, resamples: int = RESAMPLES, seed: 
                          f"[{r['low']:+.2f}, {r['high']:+.2f}] | {pval(r['p'])} | {pval(ph)} | "
                          f"{verdict(c, r['effect'], ph, alpha)} |")  # fmt: skip
             continue
-        arm = lambda m, flat: num(m) + (" (one class)" if flat else "")  # noqa: E731
+        arm = lambda m, flat: num(m) + (f" ({flat})" if flat else "")  # noqa: E731
         claim = c.label + (f" (threshold {c.threshold:+g})" if c.threshold else "")
-        lines.append(f"| {claim} | {arm(r['mean_a'], r['one_class'][0])} | {arm(r['mean_b'], r['one_class'][1])} | "
+        lines.append(f"| {claim} | {arm(r['mean_a'], r['collapsed'][0])} | {arm(r['mean_b'], r['collapsed'][1])} | "
                      f"{r['seeds']} | {num(r['effect'], '+')} | [{num(r['low'])}, {num(r['high'])}] | "
                      f"{pval(r['p'])} | {pval(ph)} | {verdict(c, r['effect'], ph, alpha)} |")  # fmt: skip
     return "\n".join(lines)

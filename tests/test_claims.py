@@ -98,9 +98,11 @@ def test_majority_of_a_regression_arm_is_a_constant_at_correlation_zero():
     r, v = result(tracks, const)
     assert r["mean_b"] == 0.0 and v == "holds" and r["effect"] == pytest.approx(r["mean_a"]) and r["low"] > 20
     assert result(noise, majority(noise))[1] == "not enough evidence"
+    assert r["collapsed"] == ("", "constant")  # a single score, not a class
     labels = np.array([0, 1, 1, 1])
     cls = Arm("c", "accuracy", [0, 1, 2, 3], {7: {"label": labels, "prediction": labels}})
     assert majority(cls).data[7]["prediction"].tolist() == [1, 1, 1, 1]
+    assert compare(cls, majority(cls), resamples=10)["collapsed"] == ("", "one class")
     with pytest.raises(QbenchError, match="constant predictor has no perplexity"):
         majority(Arm("lm", "perplexity", [0], {1: {"nll": np.ones(1), "scored": np.ones(1), "correct": np.ones(1)}}))
 
